@@ -1,0 +1,354 @@
+"""Accuracy predictor (reference §3): the published MLP and its encoding, generalised to any supernet spec.
+
+Encodings:
+- ``"published"``: 60 kernel one-hot (20 blocks x ks_list) + 60 expand one-hot (20 x expand_list) + 8 resolution
+  slots at ``(r - 112) // 16``; blocks skipped by depth are all-zero. Only for specs whose resolutions fit the 8
+  slots (112 <= r < 240), i.e. the published w1.2/w1.0 spaces.
+- ``"onehot"``: the same block one-hots + a one-hot over the spec's own resolution list (e.g. 24/28/32 for CIFAR).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .spec import SubnetConfig, SupernetSpec, active_mask, canonicalize_encoded, get_spec
+
+ENCODINGS = ("published", "onehot")
+PUBLISHED_RES_SLOTS = 8
+
+
+class PredictorError(ValueError):
+    pass
+
+
+def build_mlp(in_features: int, hidden: int = 400, n_layers: int = 3) -> nn.Sequential:
+    """Linear/ReLU stack with keys 0.weight .. (2*n_layers).bias, as in the published predictor."""
+    layers: list[nn.Module] = []
+    d = in_features
+    for _ in range(n_layers):
+        layers += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
+        d = hidden
+    layers.append(nn.Linear(d, 1))
+    return nn.Sequential(*layers)
+
+
+class AccuracyPredictor:
+    """Predicts top-1 accuracy (0..1) of encoded sub-networks. `predict(enc) -> (N,) float64`."""
+
+    single_thread_rows = 8192
+
+    def __init__(self, spec: SupernetSpec | str, encoding: str = "onehot", hidden: int = 400, n_layers: int = 3,
+                 model: nn.Sequential | None = None, metrics: Mapping[str, Any] | None = None):
+        self.spec = get_spec(spec) if isinstance(spec, str) else spec
+        if encoding not in ENCODINGS:
+            raise PredictorError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        if encoding == "published":
+            bad = [r for r in self.spec.resolutions if not 0 <= (r - 112) // 16 < PUBLISHED_RES_SLOTS]
+            if bad:
+                raise PredictorError(f"the published encoding covers 112 <= r < 240; {self.spec.name} has {bad}")
+        self.encoding = encoding
+        self.hidden, self.n_layers = hidden, n_layers
+        self.model = model if model is not None else build_mlp(self.n_features, hidden, n_layers)
+        self.model.eval()
+        self.metrics: dict[str, Any] = dict(metrics or {})
+        B = self.spec.n_blocks
+        self._ks_idx = _lookup(self.spec.ks_list)
+        self._e_idx = _lookup(self.spec.expand_list)
+        self._res_idx = _lookup(self.spec.resolutions)
+        self._nk, self._ne = len(self.spec.ks_list), len(self.spec.expand_list)
+        self._kbase = np.arange(B) * self._nk
+        self._ebase = B * self._nk + np.arange(B) * self._ne
+
+    # -- encoding -----------------------------------------------------------------------------------
+    @property
+    def n_res_slots(self) -> int:
+        return PUBLISHED_RES_SLOTS if self.encoding == "published" else len(self.spec.resolutions)
+
+    @property
+    def n_features(self) -> int:
+        B = self.spec.n_blocks
+        return B * len(self.spec.ks_list) + B * len(self.spec.expand_list) + self.n_res_slots
+
+    def features(self, enc: np.ndarray) -> np.ndarray:
+        """(N, enc_width) encoded configs -> (N, n_features) float32 one-hot features."""
+        spec = self.spec
+        B, S = spec.n_blocks, spec.n_stages
+        enc = np.asarray(enc)
+        if enc.ndim == 1:
+            enc = enc[None]
+        if enc.shape[1] != spec.enc_width:
+            raise PredictorError(f"expected encoded configs of width {spec.enc_width}, got {enc.shape}")
+        n = enc.shape[0]
+        feats = np.zeros((n, self.n_features), dtype=np.float32)
+        mask = active_mask(spec, enc[:, 2 * B:2 * B + S])
+        rows = np.nonzero(mask)
+        try:
+            ki = self._ks_idx[enc[:, :B]]
+            ei = self._e_idx[enc[:, B:2 * B]]
+        except IndexError:
+            raise PredictorError("kernel size or expand ratio outside the supernet's lists") from None
+        if (ki[mask] < 0).any() or (ei[mask] < 0).any():
+            raise PredictorError("kernel size or expand ratio outside the supernet's lists")
+        feats[rows[0], (self._kbase[None, :] + ki)[rows]] = 1.0
+        feats[rows[0], (self._ebase[None, :] + ei)[rows]] = 1.0
+        r = enc[:, -1]
+        if self.encoding == "published":
+            slot = (r - 112) // 16
+            if (slot < 0).any() or (slot >= PUBLISHED_RES_SLOTS).any():
+                raise PredictorError("resolution outside the published predictor's 8 slots")
+        else:
+            if (r < 0).any() or (r >= len(self._res_idx)).any() or (self._res_idx[r] < 0).any():
+                raise PredictorError(f"resolution not in {list(spec.resolutions)}")
+            slot = self._res_idx[r]
+        feats[np.arange(n), 2 * B * 0 + B * self._nk + B * self._ne + slot] = 1.0
+        return feats
+
+    # -- prediction ---------------------------------------------------------------------------------
+    def predict(self, enc: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+        """Predicted accuracy (0..1) of each encoded config, (N,) float64."""
+        feats = self.features(enc)
+        out = np.empty(len(feats), dtype=np.float64)
+        # Small batches (the search's 100-row generations) run fastest single-threaded: thread hand-offs cost more
+        # than the tiny matmuls, and far more on a busy host. Large batches keep torch's thread count.
+        n_threads = torch.get_num_threads()
+        single = len(feats) <= self.single_thread_rows and n_threads > 1
+        if single:
+            torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                for s in range(0, len(feats), batch_size):
+                    x = torch.from_numpy(feats[s:s + batch_size])
+                    out[s:s + batch_size] = self.model(x).view(-1).double().numpy()
+        finally:
+            if single:
+                torch.set_num_threads(n_threads)
+        return out
+
+    __call__ = predict
+
+    def predict_one(self, cfg: SubnetConfig | Mapping[str, Any]) -> float:
+        cfg = cfg if isinstance(cfg, SubnetConfig) else SubnetConfig.from_dict(self.spec, cfg)
+        return float(self.predict(cfg.encode()[None])[0])
+
+    # -- persistence --------------------------------------------------------------------------------
+    @classmethod
+    def from_published(cls, path: str | os.PathLike, spec: SupernetSpec | str = "ofa_mbv3_d234_e346_k357_w1.2"
+                       ) -> "AccuracyPredictor":
+        """Load the published `acc_predictor.pth` (a plain state dict; torch.load with weights_only=True, strict)."""
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+            sd = sd["state_dict"]
+        if not isinstance(sd, Mapping):
+            raise PredictorError(f"{path}: expected a state dict, got {type(sd).__name__}")
+        hidden = sd["0.weight"].shape[0] if "0.weight" in sd else 400
+        n_layers = sum(1 for k in sd if k.endswith(".weight")) - 1
+        pred = cls(spec, encoding="published", hidden=hidden, n_layers=n_layers,
+                   metrics={"origin": "published OFA accuracy predictor"})
+        try:
+            pred.model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+        except RuntimeError as exc:
+            raise PredictorError(f"{path}: state dict does not match the published MLP: {exc}") from None
+        return pred
+
+    def save(self, path: str | os.PathLike, extra_metadata: Mapping[str, str] | None = None) -> None:
+        """safetensors file with metadata: spec name, encoding, architecture and metrics (JSON)."""
+        from safetensors.torch import save_file
+        meta = {"format": "ofa-accuracy-predictor", "version": "1", "spec": self.spec.name, "encoding": self.encoding,
+                "hidden": str(self.hidden), "n_layers": str(self.n_layers), "n_features": str(self.n_features),
+                "metrics": json.dumps(self.metrics, default=float)}
+        meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
+        sd = {k: v.detach().contiguous().clone() for k, v in self.model.state_dict().items()}
+        tmp = f"{path}.tmp{os.getpid()}"
+        save_file(sd, tmp, metadata=meta)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, spec: SupernetSpec | str | None = None) -> "AccuracyPredictor":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "ofa-accuracy-predictor":
+            raise PredictorError(f"{path}: not an ofa-accuracy-predictor safetensors file")
+        spec_ = spec if spec is not None else meta["spec"]
+        spec_ = get_spec(spec_) if isinstance(spec_, str) else spec_
+        if spec_.name != meta["spec"]:
+            raise PredictorError(f"{path}: predictor is for {meta['spec']}, not {spec_.name}")
+        pred = cls(spec_, encoding=meta["encoding"], hidden=int(meta["hidden"]), n_layers=int(meta["n_layers"]),
+                   metrics=json.loads(meta.get("metrics") or "{}"))
+        pred.model.load_state_dict(load_file(str(path)), strict=True)
+        pred.model.eval()
+        return pred
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics and training
+# ----------------------------------------------------------------------------------------------------
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall tau-b (scipy.stats.kendalltau)."""
+    from scipy.stats import kendalltau
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2:
+        return float("nan")
+    return float(kendalltau(a, b).statistic)
+
+
+def rmse_pp(pred: np.ndarray, target: np.ndarray) -> float:
+    """Root-mean-square error in percentage points (accuracies on a 0..1 scale)."""
+    pred, target = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    return float(np.sqrt(np.mean((pred - target) ** 2)) * 100.0)
+
+
+def train_predictor(enc: np.ndarray, acc: np.ndarray, spec: SupernetSpec | str, *, encoding: str = "onehot",
+                    val_fraction: float = 0.2, epochs: int = 200, batch_size: int = 500, lr: float = 1e-3,
+                    weight_decay: float = 1e-4, hidden: int = 400, n_layers: int = 3, seed: int = 0,
+                    max_seconds: float | None = None, progress: Callable[[int, float], None] | None = None
+                    ) -> tuple[AccuracyPredictor, dict[str, float]]:
+    """Fit the MLP with the authors' recipe (Adam lr 1e-3, wd 1e-4, batch <= 500-1000, output bias = mean acc).
+
+    Seeded; `epochs` (and optionally `max_seconds`) bound the run. Returns (predictor, metrics) where metrics holds
+    held-out RMSE in percentage points and Kendall tau (on `val_fraction` of the rows, split by the seed), plus the
+    training-set figures and the epoch with the best held-out loss (whose weights are kept).
+    """
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    enc = canonicalize_encoded(spec, np.asarray(enc))
+    acc = np.asarray(acc, dtype=np.float64).reshape(-1)
+    if len(enc) != len(acc):
+        raise PredictorError(f"{len(enc)} configs but {len(acc)} accuracies")
+    if len(acc) < 5:
+        raise PredictorError("need at least 5 measured sub-networks to train a predictor")
+    if not np.isfinite(acc).all() or acc.min() < 0 or acc.max() > 1:
+        raise PredictorError("accuracies must be finite and on a 0..1 scale")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(acc))
+    n_val = max(1, int(round(val_fraction * len(acc)))) if val_fraction > 0 else 0
+    val_idx, tr_idx = perm[:n_val], perm[n_val:]
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        pred = AccuracyPredictor(spec, encoding=encoding, hidden=hidden, n_layers=n_layers)
+    model = pred.model
+    with torch.no_grad():
+        model[-1].bias.fill_(float(acc[tr_idx].mean()))
+    X = torch.from_numpy(pred.features(enc))
+    Y = torch.from_numpy(acc.astype(np.float32))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    bs = max(1, min(batch_size, len(tr_idx)))
+    tr_t = torch.from_numpy(tr_idx)
+    best = (math.inf, 0, None)
+    t0 = time.perf_counter()
+    ep = 0
+    for ep in range(epochs):
+        model.train()
+        order = tr_t[torch.randperm(len(tr_t), generator=g)]
+        for s in range(0, len(order), bs):
+            idx = order[s:s + bs]
+            loss = torch.mean((model(X[idx]).view(-1) - Y[idx]) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        eval_idx = torch.from_numpy(val_idx) if n_val else tr_t
+        with torch.no_grad():
+            vloss = float(torch.mean((model(X[eval_idx]).view(-1) - Y[eval_idx]) ** 2))
+        if vloss < best[0]:
+            best = (vloss, ep, {k: v.clone() for k, v in model.state_dict().items()})
+        if progress is not None:
+            progress(ep, math.sqrt(vloss) * 100)
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            break
+    model.load_state_dict(best[2])
+    model.eval()
+    p_all = pred.predict(enc)
+    metrics = {"n_train": int(len(tr_idx)), "n_val": int(n_val), "epochs_run": ep + 1, "best_epoch": best[1],
+               "train_rmse_pp": rmse_pp(p_all[tr_idx], acc[tr_idx]),
+               "train_kendall_tau": kendall_tau(p_all[tr_idx], acc[tr_idx]),
+               "val_rmse_pp": rmse_pp(p_all[val_idx], acc[val_idx]) if n_val else float("nan"),
+               "val_kendall_tau": kendall_tau(p_all[val_idx], acc[val_idx]) if n_val > 1 else float("nan"),
+               "mean_acc": float(acc.mean()), "seed": seed, "encoding": encoding}
+    pred.metrics = metrics
+    return pred, metrics
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data-set builder
+# ----------------------------------------------------------------------------------------------------
+def read_predictor_dataset(path: str | os.PathLike, spec: SupernetSpec | str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a JSONL data set -> (enc (N, W) int32, acc (N,) float64). Truncated last lines are ignored."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    encs, accs = [], []
+    if not os.path.exists(path):
+        return np.zeros((0, spec.enc_width), np.int32), np.zeros(0)
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue       # a torn write at the end of an interrupted run
+            cfg = SubnetConfig.from_dict(spec, row["config"])
+            encs.append(cfg.encode())
+            accs.append(float(row["acc"]))
+    if not encs:
+        return np.zeros((0, spec.enc_width), np.int32), np.zeros(0)
+    return np.stack(encs).astype(np.int32), np.asarray(accs)
+
+
+def build_predictor_dataset(supernet: Any, spec: SupernetSpec | str, n: int,
+                            eval_fn: Callable[[Any, SubnetConfig], float], out_path: str | os.PathLike,
+                            rng: np.random.Generator | int = 0, resume: bool = True, progress: bool = True,
+                            resolutions: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sample `n` sub-networks, measure each with `eval_fn(supernet, cfg) -> accuracy in 0..1`, append JSONL rows.
+
+    The sample sequence is determined by `rng` alone (all `n` configs are drawn up front), so a resumed run skips
+    the rows already in `out_path` (matched by config) and measures only the rest. Each row:
+    ``{"i": index, "config": {...}, "acc": float, "seconds": float}``. Returns the full (enc, acc) data set.
+    """
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    encs = spec.sample_encoded(n, rng, resolutions)
+    done: set[bytes] = set()
+    if resume and os.path.exists(out_path):
+        prev, _ = read_predictor_dataset(out_path, spec)
+        done = {row.tobytes() for row in prev}
+    elif os.path.exists(out_path):
+        os.remove(out_path)
+    todo = [i for i in range(n) if encs[i].tobytes() not in done]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n, initial=n - len(todo), desc="predictor data set", unit="subnet")
+    try:
+        with open(out_path, "a", encoding="utf-8") as f:
+            for i in todo:
+                cfg = SubnetConfig.from_encoded(spec, encs[i])
+                t0 = time.perf_counter()
+                acc = float(eval_fn(supernet, cfg))
+                if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
+                    raise PredictorError(f"eval_fn returned {acc!r} for row {i}; expected an accuracy in 0..1")
+                f.write(json.dumps({"i": i, "config": cfg.to_dict(), "acc": acc,
+                                    "seconds": round(time.perf_counter() - t0, 4)}) + "\n")
+                f.flush()
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return read_predictor_dataset(out_path, spec)
+
+
+def _lookup(values) -> np.ndarray:
+    values = list(values)
+    arr = np.full(max(values) + 1, -1, dtype=np.int64)
+    arr[np.asarray(values)] = np.arange(len(values))
+    return arr
