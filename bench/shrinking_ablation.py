@@ -1,0 +1,99 @@
+"""Does progressive shrinking help? Train the same supernet twice for the same number of steps — once with
+the progressive-shrinking schedule, once with every dimension elastic from the start (no shrinking, no
+distillation) — then measure the same 8 sub-networks (2 depths x 2 expand ratios x 2 kernel sizes) on a
+held-out split after BN recalibration. Prints a table and writes JSON. Reports whatever it finds.
+
+    python bench/shrinking_ablation.py --data ../shared/data/cifar10/cifar10-jpeg.tar.gz --out runs/ablation
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from ofa_core.data import holdout_split, load_dataset
+from ofa_core.spec import SubnetConfig, get_spec
+from ofa_core.training import (ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet, one_shot_phases,
+                               progressive_shrinking_phases)
+
+
+def probe_configs(spec, r):
+    """The 8 probe sub-networks: depth {min,max} x expand {min,max} x kernel {min,max}, uniform per block."""
+    out = []
+    for d, e, k in itertools.product((min(spec.depth_list), max(spec.depth_list)),
+                                     (min(spec.expand_list), max(spec.expand_list)),
+                                     (min(spec.ks_list), max(spec.ks_list))):
+        out.append(((d, e, k), SubnetConfig.create(spec, [k] * spec.n_blocks, [e] * spec.n_blocks,
+                                                   [d] * spec.n_stages, r)))
+    return out
+
+
+def run(args) -> dict:
+    spec = get_spec(args.supernet)
+    torch.set_num_threads(args.threads)
+    splits = load_dataset(args.data, cache_dir=args.cache_dir, progress=False)
+    train, hold = holdout_split(splits["train"], args.holdout, seed=0)
+    train = train.subset(np.arange(min(args.train_images, len(train))))
+    ps = progressive_shrinking_phases(spec, args.scale, args.lr)
+    total_epochs = sum(p.epochs for p in ps)
+    steps_per_epoch = len(train) // args.batch_size
+    schedules = {
+        "progressive": ps,
+        "one-shot": one_shot_phases(spec, total_epochs, args.lr, n_subnets=2),
+    }
+    results = {"train_images": len(train), "holdout_images": len(hold), "batch_size": args.batch_size,
+               "steps": {k: sum(max(1, int(round(p.epochs * steps_per_epoch))) for p in v)
+                         for k, v in schedules.items()}, "acc": {}, "wall_s": {}}
+    for name, phases in schedules.items():
+        t = time.time()
+        cfg = TrainConfig(phases=phases, batch_size=args.batch_size, seed=args.seed, threads=args.threads,
+                          eval_images=1000, bn_images=1000)
+        tr = ProgressiveShrinkingTrainer(spec, cfg, train, hold, os.path.join(args.out, name),
+                                         progress=not args.no_progress)
+        tr.run(resume=True)
+        results["wall_s"][name] = round(time.time() - t, 1)
+        results["acc"][name] = {}
+        for key, c in probe_configs(spec, max(spec.resolutions)):
+            results["acc"][name]["d%d-e%d-k%d" % key] = evaluate_subnet(tr.net, c, train, hold, args.bn_images)
+    return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--supernet", default="ofa_mbv3_cifar10")
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--train-images", type=int, default=8000)
+    p.add_argument("--holdout", type=int, default=5000)
+    p.add_argument("--scale", type=float, default=0.5)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--bn-images", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default="data/cache")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    res = run(a)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "ablation.json"), "w") as fh:
+        json.dump(res, fh, indent=2)
+    print(f"train images {res['train_images']}, held-out {res['holdout_images']}, steps {res['steps']}, "
+          f"wall {res['wall_s']}")
+    print(f"| sub-network (d-e-k) | progressive shrinking | one-shot (no shrinking) | difference (pp) |")
+    print(f"|---|---|---|---|")
+    for key in res["acc"]["progressive"]:
+        a_ps, a_os = res["acc"]["progressive"][key], res["acc"]["one-shot"][key]
+        print(f"| {key} | {a_ps:.2%} | {a_os:.2%} | {100 * (a_ps - a_os):+.2f} |")
+    ps, os_ = np.mean(list(res["acc"]["progressive"].values())), np.mean(list(res["acc"]["one-shot"].values()))
+    print(f"| mean | {ps:.2%} | {os_:.2%} | {100 * (ps - os_):+.2f} |")
+    return res
+
+
+if __name__ == "__main__":
+    main()

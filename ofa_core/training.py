@@ -1,0 +1,303 @@
+"""Progressive shrinking (reference §2): train the full network, then make kernel, depth and expand ratio
+elastic in that order (channels sorted before the expand phases), elastic resolution throughout, several
+sub-networks per step with accumulated gradients, knowledge distillation from the full network.
+
+Everything is configuration (`TrainConfig`, `Phase`); defaults are scaled for small data sets on a CPU.
+A run is resumable: the last checkpoint (our own format: tensors and plain values only, loaded with
+``weights_only=True``) holds weights, optimizer, phase and step.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .bn import preserved_bn_stats, recalibrate_bn
+from .data import ImageArray, iterate_batches, resize
+from .mbv3 import OFAMobileNetV3, build_supernet
+from .spec import SubnetConfig, SupernetSpec
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    epochs: float
+    lr: float
+    n_subnets: int
+    ks: tuple[int, ...] | None = None       # None: the supernet's full list
+    e: tuple[int, ...] | None = None
+    d: tuple[int, ...] | None = None
+    sort_channels: bool = False
+    distill: bool = True
+    warmup_epochs: float = 0.0
+
+
+def progressive_shrinking_phases(spec: SupernetSpec, scale: float = 1.0, base_lr: float = 0.1) -> list[Phase]:
+    """The published schedule's phases, with epochs scaled for small data sets (`scale` multiplies them)."""
+    K, E, D = spec.ks_list, spec.expand_list, spec.depth_list
+    kmax, emax, dmax = max(K), max(E), max(D)
+    return [
+        Phase("full", 4 * scale, base_lr, 1, (kmax,), (emax,), (dmax,), distill=False, warmup_epochs=0.2 * scale),
+        Phase("kernel", 1.5 * scale, base_lr * 0.3, 1, K, (emax,), (dmax,)),
+        Phase("depth1", 0.5 * scale, base_lr * 0.1, 2, K, (emax,), tuple(D[-2:])),
+        Phase("depth2", 1.5 * scale, base_lr * 0.2, 2, K, (emax,), D),
+        Phase("expand1", 0.5 * scale, base_lr * 0.1, 2, K, tuple(E[-2:]), D, sort_channels=True),
+        Phase("expand2", 1.5 * scale, base_lr * 0.2, 2, K, E, D, sort_channels=True),
+    ]
+
+
+def one_shot_phases(spec: SupernetSpec, total_epochs: float, base_lr: float = 0.1, n_subnets: int = 2) -> list[Phase]:
+    """The baseline without shrinking: every dimension elastic from the start, same number of steps."""
+    return [Phase("all-elastic", total_epochs, base_lr, n_subnets, distill=False, warmup_epochs=0.0)]
+
+
+@dataclass
+class TrainConfig:
+    phases: list[Phase]
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 3e-5
+    label_smoothing: float = 0.1
+    kd_ratio: float = 1.0
+    resolutions: tuple[int, ...] | None = None   # None: the supernet's list
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    checkpoint_every_s: float = 300.0
+    eval_images: int = 2000                       # held-out images for the per-phase accuracy log
+    bn_images: int = 2000                         # BN recalibration images
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["phases"] = [asdict(p) for p in self.phases]
+        return d
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(net: nn.Module, data: ImageArray, r: int, batch_size: int = 500, device: str = "cpu") -> float:
+    net.eval()
+    correct = 0
+    for x, y in iterate_batches(data, batch_size, train=False):
+        correct += (net(resize(x, r).to(device)).argmax(1).cpu() == y).sum().item()
+    return correct / len(data)
+
+
+def bn_batches(train: ImageArray, r: int, n_images: int, batch_size: int = 200, seed: int = 0, device="cpu"):
+    """Training-transform batches for BN recalibration (fixed seed)."""
+    idx = np.random.default_rng(seed).permutation(len(train))[:n_images]
+    for x, _ in iterate_batches(train.subset(np.sort(idx)), batch_size, train=True, seed=seed, drop_last=False):
+        yield resize(x, r).to(device)
+
+
+def evaluate_subnet(supernet: OFAMobileNetV3, cfg: SubnetConfig, train: ImageArray, holdout: ImageArray,
+                    bn_images: int = 2000, device: str = "cpu") -> float:
+    """Accuracy of one sub-network on `holdout` after BN recalibration on `train`; the supernet's own BN
+    statistics are left untouched."""
+    supernet.set_active(cfg)
+    with preserved_bn_stats(supernet):
+        recalibrate_bn(supernet, bn_batches(train, cfg.r, bn_images, device=device))
+        return evaluate(supernet, holdout, cfg.r, device=device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------
+def _param_groups(net: nn.Module, wd: float):
+    decay, no_decay = [], []
+    for n, p in net.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)  # BN weights/biases and conv/linear biases
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _sample_config(spec: SupernetSpec, phase: Phase, rng: np.random.Generator, r: int) -> SubnetConfig:
+    K = phase.ks or spec.ks_list
+    E = phase.e or spec.expand_list
+    D = phase.d or spec.depth_list
+    return SubnetConfig.create(spec, rng.choice(K, spec.n_blocks).tolist(), rng.choice(E, spec.n_blocks).tolist(),
+                               rng.choice(D, spec.n_stages).tolist(), r)
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class ProgressiveShrinkingTrainer:
+    """Runs the phases of a `TrainConfig` on one supernet, writing `out_dir/{last.pt,log.jsonl}`."""
+
+    def __init__(self, spec: SupernetSpec, cfg: TrainConfig, train: ImageArray, holdout: ImageArray, out_dir: str,
+                 supernet: OFAMobileNetV3 | None = None, progress: bool = True,
+                 log_fn: Callable[[dict], None] | None = None):
+        self.spec, self.cfg, self.train_data, self.holdout = spec, cfg, train, holdout
+        self.out_dir = out_dir
+        self.device = _resolve_device(cfg.device)
+        self.progress = progress
+        self.log_fn = log_fn
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.net = (supernet or build_supernet(spec, seed=cfg.seed)).to(self.device)
+        self.resolutions = tuple(cfg.resolutions or spec.resolutions)
+        self.steps_per_epoch = len(train) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"training set has {len(train)} images, fewer than one batch of {cfg.batch_size}")
+        self.state = {"phase": 0, "step": 0, "done": False, "elapsed_s": 0.0}
+        self.teacher: OFAMobileNetV3 | None = None
+        os.makedirs(out_dir, exist_ok=True)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> str:
+        return os.path.join(self.out_dir, "last.pt")
+
+    def save(self, optimizer: torch.optim.Optimizer | None) -> None:
+        payload = {"state_dict": self.net.state_dict(), "state": dict(self.state),
+                   "optimizer": optimizer.state_dict() if optimizer is not None else {},
+                   "teacher": self.teacher.state_dict() if self.teacher is not None else {},
+                   "config": json.dumps(self.cfg.to_json()), "spec": self.spec.name}
+        tmp = self.ckpt_path + ".tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, self.ckpt_path)
+
+    def try_resume(self) -> dict | None:
+        if not os.path.exists(self.ckpt_path):
+            return None
+        payload = torch.load(self.ckpt_path, map_location=self.device, weights_only=True)
+        if payload.get("spec") != self.spec.name:
+            raise ValueError(f"{self.ckpt_path} is for supernet {payload.get('spec')}, not {self.spec.name}")
+        self.net.load_state_dict(payload["state_dict"])
+        self.state = dict(payload["state"])
+        if payload["teacher"]:
+            self.teacher = copy.deepcopy(self.net)
+            self.teacher.load_state_dict(payload["teacher"])
+            self.teacher.eval()
+        return payload
+
+    def log(self, record: dict) -> None:
+        record = {"time": time.time(), **record}
+        with open(os.path.join(self.out_dir, "log.jsonl"), "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.log_fn:
+            self.log_fn(record)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self, resume: bool = True) -> dict:
+        payload = self.try_resume() if resume else None
+        cfg = self.cfg
+        t_start = time.time() - self.state["elapsed_s"]
+        while self.state["phase"] < len(cfg.phases):
+            pi = self.state["phase"]
+            phase = cfg.phases[pi]
+            total = max(1, int(round(phase.epochs * self.steps_per_epoch)))
+            if self.state["step"] == 0 and payload is None:
+                if phase.sort_channels:
+                    self.net.sort_channels()
+                if phase.distill and self.teacher is None and cfg.kd_ratio > 0:
+                    self.teacher = copy.deepcopy(self.net).eval()
+                    self.teacher.set_max()
+            opt = torch.optim.SGD(_param_groups(self.net, cfg.weight_decay), lr=phase.lr, momentum=cfg.momentum,
+                                  nesterov=True)
+            if payload is not None and payload.get("optimizer"):
+                opt.load_state_dict(payload["optimizer"])
+            payload = None
+            self._run_phase(pi, phase, total, opt, t_start)
+            self.state["elapsed_s"] = time.time() - t_start
+            self.log({"event": "phase_end", "phase": phase.name, "elapsed_s": round(self.state["elapsed_s"], 1),
+                      **self.phase_eval()})
+            self.state.update(phase=pi + 1, step=0)
+            self.save(None)
+        self.state["done"] = True
+        self.save(None)
+        return dict(self.state)
+
+    def _lr(self, phase: Phase, step: int, total: int) -> float:
+        warm = int(phase.warmup_epochs * self.steps_per_epoch)
+        if step < warm:
+            return phase.lr * (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * phase.lr * (1 + math.cos(math.pi * t))
+
+    def _run_phase(self, pi: int, phase: Phase, total: int, opt, t_start: float) -> None:
+        cfg, net = self.cfg, self.net
+        rng = np.random.default_rng([cfg.seed, pi])
+        step = self.state["step"]
+        rng_state_steps = step  # advance the sampler deterministically to the resume point
+        for _ in range(rng_state_steps):
+            rng.integers(0, 2**31, size=1)
+        last_ckpt = time.time()
+        bar = tqdm(total=total, initial=step, desc=f"[{pi + 1}/{len(cfg.phases)}] {phase.name}",
+                   disable=not self.progress, unit="step", dynamic_ncols=True)
+        epoch = step // self.steps_per_epoch
+        batches = iterate_batches(self.train_data, cfg.batch_size, train=True, seed=cfg.seed * 31 + pi, epoch=epoch)
+        for _ in range(step % self.steps_per_epoch):
+            next(batches)
+        t_last, imgs = time.time(), 0
+        net.train()
+        while step < total:
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                epoch += 1
+                batches = iterate_batches(self.train_data, cfg.batch_size, train=True, seed=cfg.seed * 31 + pi,
+                                          epoch=epoch)
+                continue
+            step_rng = np.random.default_rng(int(rng.integers(0, 2**31)))
+            r = int(step_rng.choice(self.resolutions))
+            x, y = resize(x, r).to(self.device), y.to(self.device)
+            lr = self._lr(phase, step, total)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            soft = None
+            if phase.distill and self.teacher is not None and cfg.kd_ratio > 0:
+                with torch.no_grad():
+                    soft = F.softmax(self.teacher(x), dim=1)
+            opt.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for _ in range(phase.n_subnets):
+                net.set_active(_sample_config(self.spec, phase, step_rng, r))
+                out = net(x)
+                loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+                if soft is not None:
+                    loss = loss + cfg.kd_ratio * torch.sum(-soft * F.log_softmax(out, dim=1), dim=1).mean()
+                loss.backward()
+                loss_sum += loss.item()
+            opt.step()
+            step += 1
+            self.state["step"] = step
+            imgs += x.shape[0]
+            if step % 10 == 0 or step == total:
+                now = time.time()
+                bar.set_postfix(loss=f"{loss_sum / phase.n_subnets:.3f}", lr=f"{lr:.4f}",
+                                img_s=f"{imgs / max(1e-9, now - t_last):.0f}")
+                t_last, imgs = now, 0
+            bar.update(1)
+            if time.time() - last_ckpt > cfg.checkpoint_every_s:
+                self.state["elapsed_s"] = time.time() - t_start
+                self.save(opt)
+                last_ckpt = time.time()
+        bar.close()
+
+    def phase_eval(self) -> dict:
+        """Held-out accuracy of the largest and smallest sub-networks (BN recalibrated) at the largest res."""
+        r = max(self.resolutions)
+        hold = self.holdout.subset(np.arange(min(len(self.holdout), self.cfg.eval_images)))
+        out = {}
+        for name, c in (("largest", self.spec.max_config(r)), ("smallest", self.spec.min_config(r))):
+            out[f"acc_{name}"] = round(evaluate_subnet(self.net, c, self.train_data, hold, self.cfg.bn_images,
+                                                       self.device), 4)
+        self.net.set_max()
+        self.net.train()
+        return out
