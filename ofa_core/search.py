@@ -1,0 +1,627 @@
+"""Evolutionary sub-network search (reference §5), fully vectorized over encoded populations.
+
+The population is an int32 array of encoded configs (`spec.py` layout). Mutation and crossover are numpy masks;
+efficiency (latency table gathers, cost callables) and predicted accuracy are computed per batch. Constraints are
+enforced by batched rejection sampling with a bounded number of attempts, so an infeasible request can never loop:
+impossible budgets are detected up front (`InfeasibleError` with the smallest achievable value of each violated
+constraint) and a generation that cannot fill its quota falls back to copies of feasible parents.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .spec import SubnetConfig, SupernetSpec, active_mask, canonicalize_encoded
+
+METRICS = ("latency_ms", "macs", "params", "peak_memory_bytes")
+MetricFn = Callable[[np.ndarray], np.ndarray]
+
+
+class InfeasibleError(ValueError):
+    """No sub-network satisfies the request. `minima` holds the best achievable value of each violated constraint
+    (the smallest latency/MACs/params/peak memory, or for `min_accuracy` the best predicted accuracy found)."""
+
+    def __init__(self, minima: Mapping[str, float], limits: Mapping[str, float], message: str | None = None):
+        self.minima = dict(minima)
+        self.limits = dict(limits)
+        parts = [f"{k} {'>=' if k == 'min_accuracy' else '<='} {limits.get(k)} is not achievable "
+                 f"({'best predicted' if k == 'min_accuracy' else 'smallest achievable'}: {v:.6g})"
+                 for k, v in self.minima.items()]
+        super().__init__(message or "infeasible request: " + "; ".join(parts))
+
+
+class SearchCancelled(RuntimeError):
+    """Raised when `should_stop` says so (checked once per generation)."""
+
+    def __init__(self, generation: int):
+        super().__init__(f"search cancelled at generation {generation}")
+        self.generation = generation
+
+
+# ----------------------------------------------------------------------------------------------------
+# Efficiency metrics and constraints
+# ----------------------------------------------------------------------------------------------------
+class Efficiency:
+    """Named efficiency metrics as vectorized callables `enc (N, W) -> (N,)`.
+
+    `latency_ms` may be a `LatencyTable` (exact separable minimum) or any callable; `macs`, `params`,
+    `peak_memory_bytes` are callables (e.g. `ofa_core.costs.CostModel(spec).macs`). Missing metrics are simply
+    unavailable (a constraint on them raises ValueError).
+    """
+
+    def __init__(self, spec: SupernetSpec, latency_ms: Any = None, macs: MetricFn | None = None,
+                 params: MetricFn | None = None, peak_memory_bytes: MetricFn | None = None):
+        self.spec = spec
+        self.latency_table = latency_ms if hasattr(latency_ms, "block_lat") else None
+        fns = {"latency_ms": latency_ms.predict if self.latency_table is not None else latency_ms,
+               "macs": macs, "params": params, "peak_memory_bytes": peak_memory_bytes}
+        self.fns: dict[str, MetricFn] = {k: v for k, v in fns.items() if v is not None}
+        self._min_cache: dict[tuple, tuple[float, np.ndarray]] = {}
+
+    @classmethod
+    def default(cls, spec: SupernetSpec, latency_table: Any = None) -> "Efficiency":
+        """Latency from a table plus MACs/params/peak memory from `ofa_core.costs.CostModel` when it exists."""
+        kw: dict[str, Any] = {}
+        try:
+            from .costs import CostModel  # optional: written separately
+            cm = CostModel(spec)
+            for name, attr in (("macs", "macs"), ("params", "params"), ("peak_memory_bytes", "peak_memory")):
+                if hasattr(cm, attr):
+                    kw[name] = getattr(cm, attr)
+        except Exception:
+            pass
+        return cls(spec, latency_ms=latency_table, **kw)
+
+    @property
+    def names(self) -> list[str]:
+        return [m for m in METRICS if m in self.fns]
+
+    def evaluate(self, enc: np.ndarray, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        names = self.names if names is None else list(names)
+        return {n: np.asarray(self.fns[n](enc), dtype=np.float64).reshape(-1) for n in names}
+
+    def minimum(self, name: str, resolutions: Sequence[int] | None = None) -> tuple[float, np.ndarray]:
+        """Smallest achievable value of metric `name` and an encoded config attaining it.
+
+        Latency tables: exact (per-block minima are separable given depth and resolution). Other callables: the
+        same separable construction from per-block probes (exact for additive costs such as MACs and params), then
+        the constructed config and the all-minimum config are evaluated and the smaller real value is returned, so
+        the figure is always achieved by a real sub-network.
+        """
+        res = tuple(resolutions) if resolutions is not None else tuple(self.spec.resolutions)
+        key = (name, res)
+        if key in self._min_cache:
+            return self._min_cache[key]
+        if name == "latency_ms" and self.latency_table is not None:
+            out = self.latency_table.minimum([r for r in res if r in self.latency_table.tables] or None)
+        else:
+            out = _separable_minimum(self.spec, self.fns[name], res)
+        self._min_cache[key] = out
+        return out
+
+
+def _separable_minimum(spec: SupernetSpec, fn: MetricFn, resolutions: Sequence[int]) -> tuple[float, np.ndarray]:
+    B, S, D = spec.n_blocks, spec.n_stages, spec.max_depth
+    ks, es, ds = spec.ks_list, spec.expand_list, spec.depth_list
+    combos = [(k, e) for k in ks for e in es]
+    cands = []
+    for r in resolutions:
+        base = np.concatenate([[min(ks)] * B, [min(es)] * B, [D] * S, [r]]).astype(np.int32)
+        probes = [base]
+        for b in range(B):
+            for k, e in combos:
+                p = base.copy()
+                p[b], p[B + b] = k, e
+                probes.append(p)
+        for s in range(S):
+            for d in ds:
+                p = base.copy()
+                p[2 * B + s] = d
+                probes.append(p)
+        vals = np.asarray(fn(np.stack(probes)), dtype=np.float64)
+        v0 = vals[0]
+        blk = vals[1:1 + B * len(combos)].reshape(B, len(combos)) - v0          # delta of each (k, e) per block
+        dep = vals[1 + B * len(combos):].reshape(S, len(ds)) - v0               # delta of each depth per stage
+        bmin = blk.min(axis=1).reshape(S, D)
+        cum = np.concatenate([np.zeros((S, 1)), np.cumsum(bmin, axis=1)], axis=1)
+        stage_cost = dep + cum[:, np.asarray(ds)]
+        d_best = np.asarray(ds)[stage_cost.argmin(axis=1)]
+        enc = base.copy()
+        arg = blk.argmin(axis=1)
+        enc[:B] = [combos[a][0] for a in arg]
+        enc[B:2 * B] = [combos[a][1] for a in arg]
+        enc[2 * B:2 * B + S] = d_best
+        cands += [enc, np.concatenate([[min(ks)] * B, [min(es)] * B, [min(ds)] * S, [r]]).astype(np.int32)]
+    cands = canonicalize_encoded(spec, np.stack(cands))
+    vals = np.asarray(fn(cands), dtype=np.float64)
+    i = int(vals.argmin())
+    return float(vals[i]), cands[i]
+
+
+@dataclass
+class Constraints:
+    """Upper limits on efficiency metrics (any combination) and an optional predicted-accuracy floor."""
+
+    latency_ms: float | None = None
+    macs: float | None = None
+    params: float | None = None
+    peak_memory_bytes: float | None = None
+    min_accuracy: float | None = None
+
+    @classmethod
+    def coerce(cls, c: "Constraints | Mapping[str, float] | None") -> "Constraints":
+        if c is None:
+            return cls()
+        if isinstance(c, Constraints):
+            return c
+        unknown = set(c) - set(METRICS) - {"min_accuracy"}
+        if unknown:
+            raise ValueError(f"unknown constraint(s) {sorted(unknown)}; known: {list(METRICS) + ['min_accuracy']}")
+        return cls(**{k: (None if v is None else float(v)) for k, v in c.items()})
+
+    def limits(self) -> dict[str, float]:
+        return {m: float(getattr(self, m)) for m in METRICS if getattr(self, m) is not None}
+
+    def to_dict(self) -> dict[str, float]:
+        d = self.limits()
+        if self.min_accuracy is not None:
+            d["min_accuracy"] = float(self.min_accuracy)
+        return d
+
+
+@dataclass
+class SearchResult:
+    enc: np.ndarray                      # canonical encoded config (W,) int32
+    config: SubnetConfig
+    predicted_acc: float
+    latency_ms: float | None
+    macs: float | None
+    params: float | None
+    peak_memory_bytes: float | None
+    generations: int
+    wall_time_s: float
+    objective: str = "accuracy"
+    constraints: dict[str, float] = field(default_factory=dict)
+    history: list[float] = field(default_factory=list)   # best fitness after each generation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "predicted_acc": self.predicted_acc, "latency_ms": self.latency_ms,
+                "macs": self.macs, "params": self.params, "peak_memory_bytes": self.peak_memory_bytes,
+                "generations": self.generations, "wall_time_s": self.wall_time_s, "objective": self.objective,
+                "constraints": dict(self.constraints)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Vectorized genetic operators
+# ----------------------------------------------------------------------------------------------------
+class _Space:
+    def __init__(self, spec: SupernetSpec, resolutions: Sequence[int] | None):
+        self.spec = spec
+        self.B, self.S = spec.n_blocks, spec.n_stages
+        self.ks = np.asarray(spec.ks_list, dtype=np.int32)
+        self.es = np.asarray(spec.expand_list, dtype=np.int32)
+        self.ds = np.asarray(spec.depth_list, dtype=np.int32)
+        self.rs = np.asarray(sorted(resolutions if resolutions is not None else spec.resolutions), dtype=np.int32)
+        bad = [int(r) for r in self.rs if r not in spec.resolutions]
+        if bad:
+            raise ValueError(f"resolutions {bad} are not supported by {spec.name}")
+
+    def sample(self, n: int, rng: np.random.Generator, skew: bool = False) -> np.ndarray:
+        """n random configs; with skew, each row leans towards small values by a random amount (more feasible
+        candidates under tight budgets)."""
+        B, S = self.B, self.S
+        enc = np.empty((n, 2 * B + S + 1), dtype=np.int32)
+        if skew:
+            a = rng.uniform(1.0, 6.0, size=(n, 1))
+            pick = lambda vals, shape: vals[np.minimum((rng.random(shape) ** a * len(vals)).astype(np.int64),
+                                                       len(vals) - 1)]
+        else:
+            pick = lambda vals, shape: vals[rng.integers(0, len(vals), size=shape)]
+        enc[:, :B] = pick(self.ks, (n, B))
+        enc[:, B:2 * B] = pick(self.es, (n, B))
+        enc[:, 2 * B:2 * B + S] = pick(self.ds, (n, S))
+        enc[:, -1] = pick(self.rs, (n, 1))[:, 0]
+        return enc
+
+    def mutate(self, parents: np.ndarray, n: int, rng: np.random.Generator, p: float, p_res: float) -> np.ndarray:
+        B, S = self.B, self.S
+        c = parents[rng.integers(0, len(parents), size=n)].copy()
+        m = rng.random((n, B)) < p                                   # ks and e resampled together per block
+        c[:, :B] = np.where(m, self.ks[rng.integers(0, len(self.ks), size=(n, B))], c[:, :B])
+        c[:, B:2 * B] = np.where(m, self.es[rng.integers(0, len(self.es), size=(n, B))], c[:, B:2 * B])
+        md = rng.random((n, S)) < p                                  # depth per stage
+        c[:, 2 * B:2 * B + S] = np.where(md, self.ds[rng.integers(0, len(self.ds), size=(n, S))], c[:, 2 * B:2 * B + S])
+        mr = rng.random(n) < p_res                                   # resolution
+        c[:, -1] = np.where(mr, self.rs[rng.integers(0, len(self.rs), size=n)], c[:, -1])
+        return c
+
+    def crossover(self, parents: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        i1 = rng.integers(0, len(parents), size=n)
+        i2 = rng.integers(0, len(parents), size=n)
+        m = rng.random((n, parents.shape[1])) < 0.5                  # uniform crossover, gene by gene
+        return np.where(m, parents[i1], parents[i2]).astype(np.int32)
+
+    def neighbours(self, row: np.ndarray) -> np.ndarray:
+        """Every config one gene-group away from `row`: one active block's (ks, e), one stage's depth, or r."""
+        B, S = self.B, self.S
+        out = []
+        act = active_mask(self.spec, row[None, 2 * B:2 * B + S])[0]
+        kk, ee = np.meshgrid(self.ks, self.es, indexing="ij")
+        kk, ee = kk.ravel(), ee.ravel()
+        for b in np.nonzero(act)[0]:
+            c = np.repeat(row[None], len(kk), axis=0)
+            c[:, b], c[:, B + b] = kk, ee
+            out.append(c)
+        for s in range(S):
+            c = np.repeat(row[None], len(self.ds), axis=0)
+            c[:, 2 * B + s] = self.ds
+            out.append(c)
+        c = np.repeat(row[None], len(self.rs), axis=0)
+        c[:, -1] = self.rs
+        out.append(c)
+        return np.concatenate(out).astype(np.int32)
+
+
+class _Problem:
+    """Evaluates candidates: efficiency metrics, feasibility, predicted accuracy and the fitness to maximise."""
+
+    def __init__(self, spec, predictor, efficiency: Efficiency, constraints: Constraints, objective: str):
+        self.spec, self.predictor, self.eff = spec, predictor, efficiency
+        self.limits = constraints.limits()
+        self.min_acc = constraints.min_accuracy
+        self.objective = objective                       # "accuracy" or a metric name to minimise
+        needed = list(self.limits)
+        if objective != "accuracy" and objective not in needed:
+            needed.append(objective)
+        if "latency_ms" in efficiency.fns and "latency_ms" not in needed:
+            needed.append("latency_ms")                  # cheap, reported in progress
+        self.metric_names = needed
+
+    def evaluate(self, enc: np.ndarray, need: int | None = None
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """-> (feasible mask, metrics, acc (nan where not computed), fitness (-inf where infeasible)).
+
+        With `need` (and no accuracy floor), only the first `need` feasible rows are kept and predicted."""
+        metrics = self.eff.evaluate(enc, self.metric_names)
+        ok = np.ones(len(enc), dtype=bool)
+        for name, lim in self.limits.items():
+            ok &= metrics[name] <= lim
+        if need is not None and self.min_acc is None:
+            ok[np.nonzero(ok)[0][need:]] = False
+        acc = np.full(len(enc), np.nan)
+        if ok.any():
+            acc[ok] = self.predictor.predict(enc[ok])
+        if self.min_acc is not None:
+            ok &= np.nan_to_num(acc, nan=-np.inf) >= self.min_acc
+        fit = np.full(len(enc), -np.inf)
+        if self.objective == "accuracy":
+            fit[ok] = acc[ok]
+        else:
+            fit[ok] = -metrics[self.objective][ok]
+        return ok, metrics, acc, fit
+
+
+def _stop_requested(should_stop) -> bool:
+    if should_stop is None:
+        return False
+    if hasattr(should_stop, "is_set"):
+        return bool(should_stop.is_set())
+    return bool(should_stop())
+
+
+def _take(d: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:
+    return {k: v[idx] for k, v in d.items()}
+
+
+class _Pop:
+    def __init__(self, enc, metrics, acc, fit):
+        self.enc, self.metrics, self.acc, self.fit = enc, metrics, acc, fit
+
+    def __len__(self):
+        return len(self.enc)
+
+    def take(self, idx) -> "_Pop":
+        return _Pop(self.enc[idx], _take(self.metrics, idx), self.acc[idx], self.fit[idx])
+
+    @staticmethod
+    def cat(pops: list["_Pop"]) -> "_Pop":
+        pops = [p for p in pops if len(p)]
+        return _Pop(np.concatenate([p.enc for p in pops]),
+                    {k: np.concatenate([p.metrics[k] for p in pops]) for k in pops[0].metrics},
+                    np.concatenate([p.acc for p in pops]), np.concatenate([p.fit for p in pops]))
+
+
+def _feasible_batch(problem: _Problem, make: Callable[[int], np.ndarray], n: int, oversample: int,
+                    max_attempts: int) -> tuple[_Pop | None, int]:
+    """Batched rejection sampling: up to `max_attempts` rounds of n*oversample candidates; returns <= n feasible."""
+    got: list[_Pop] = []
+    have, tried = 0, 0
+    for _ in range(max_attempts):
+        cand = make(max(n, 1) * oversample)
+        tried += len(cand)
+        ok, metrics, acc, fit = problem.evaluate(cand, need=n - have)
+        idx = np.nonzero(ok)[0][:n - have]
+        if len(idx):
+            got.append(_Pop(cand[idx], _take(metrics, idx), acc[idx], fit[idx]))
+            have += len(idx)
+        if have >= n:
+            break
+    return (_Pop.cat(got) if got else None), tried
+
+
+# ----------------------------------------------------------------------------------------------------
+# Single-objective search
+# ----------------------------------------------------------------------------------------------------
+def _check_feasible(spec, predictor, efficiency: Efficiency, cons: Constraints, space: _Space, seed: int
+                    ) -> list[np.ndarray]:
+    """Raise InfeasibleError at once for impossible limits; return known-feasible seed configs."""
+    limits = cons.limits()
+    for name in limits:
+        if name not in efficiency.fns:
+            raise ValueError(f"constraint on {name!r} but no such efficiency metric is available "
+                             f"(have {efficiency.names})")
+    minima, seeds = {}, []
+    for name, lim in limits.items():
+        v, enc = efficiency.minimum(name, tuple(int(r) for r in space.rs))
+        if v > lim:
+            minima[name] = v
+        else:
+            seeds.append(enc)
+    if minima:
+        raise InfeasibleError(minima, cons.to_dict())
+    if seeds:
+        seeds_arr = np.stack(seeds)
+        ok = np.ones(len(seeds_arr), dtype=bool)
+        for name, vals in efficiency.evaluate(seeds_arr, list(limits)).items():
+            ok &= vals <= limits[name]
+        seeds = list(seeds_arr[ok])
+    return seeds
+
+
+def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficiency,
+                        constraints: Constraints | Mapping[str, float] | None = None, *,
+                        population_size: int = 100, generations: int = 500, parent_ratio: float = 0.25,
+                        mutation_ratio: float = 0.5, mutate_prob: float = 0.1, resolution_mutate_prob: float = 0.5,
+                        resolutions: Sequence[int] | None = None, seed: int | np.random.Generator = 0,
+                        oversample: int = 4, max_attempts: int = 25, polish_steps: int = 20,
+                        objective: str | None = None,
+                        progress: Callable[[int, float, float], None] | None = None,
+                        should_stop: Any = None, _check: bool = True) -> SearchResult:
+    """Maximise predicted accuracy subject to `constraints` (published defaults: population 100, 500 generations,
+    parents 25, 50 mutants + 50 uniform crossovers per generation, mutation prob 0.1 per gene, r 0.5).
+
+    With `constraints.min_accuracy` set, minimises `objective` (default: latency if available, else the first
+    constrained metric) subject to accuracy >= floor and the other limits. After the generations, a bounded greedy
+    polish tries every one-gene change of the best config (`polish_steps` rounds, 0 to disable).
+    Raises `InfeasibleError` at once for an impossible request, `SearchCancelled` when `should_stop` (a callable or
+    a threading.Event) fires. Deterministic for a given integer seed.
+    """
+    t0 = time.perf_counter()
+    cons = Constraints.coerce(constraints)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    space = _Space(spec, resolutions)
+    if cons.min_accuracy is not None:
+        objective = objective or ("latency_ms" if "latency_ms" in efficiency.fns else
+                                  (next(iter(cons.limits()), None) or (efficiency.names or [None])[0]))
+        if objective is None:
+            raise ValueError("an accuracy floor needs an efficiency metric to minimise")
+    else:
+        objective = "accuracy"
+    if objective != "accuracy" and objective not in efficiency.fns:
+        raise ValueError(f"objective {objective!r} is not an available metric ({efficiency.names})")
+    seeds = _check_feasible(spec, predictor, efficiency, cons, space, 0) if _check else []
+
+    if cons.min_accuracy is not None and _check:
+        # Quick bounded accuracy-maximising search under the efficiency limits: the best predicted accuracy it finds
+        # either proves the floor reachable (and seeds the population) or is reported in InfeasibleError.
+        pre = evolutionary_search(spec, predictor, efficiency, Constraints(**cons.limits()),
+                                  population_size=min(population_size, 100), generations=min(generations, 60),
+                                  parent_ratio=parent_ratio, mutation_ratio=mutation_ratio, mutate_prob=mutate_prob,
+                                  resolution_mutate_prob=resolution_mutate_prob, resolutions=resolutions, seed=rng,
+                                  oversample=oversample, max_attempts=max_attempts, polish_steps=polish_steps,
+                                  should_stop=should_stop, _check=False)
+        if pre.predicted_acc < cons.min_accuracy:
+            raise InfeasibleError({"min_accuracy": pre.predicted_acc}, cons.to_dict())
+        seeds.append(pre.enc)
+
+    problem = _Problem(spec, predictor, efficiency, cons, objective)
+    n_par = max(1, int(round(parent_ratio * population_size)))
+    n_mut = int(round(mutation_ratio * population_size))
+    n_cross = population_size - n_mut
+
+    # initial population: half uniform (as published), half leaning small, plus known-feasible seeds
+    pop, _ = _feasible_batch(problem, lambda m: np.concatenate([space.sample(m // 2, rng),
+                                                                space.sample(m - m // 2, rng, skew=True)]),
+                             population_size, oversample, max_attempts)
+    if seeds:
+        s_enc = np.stack(seeds).astype(np.int32)
+        ok, metrics, acc, fit = problem.evaluate(s_enc)
+        if ok.any():
+            sp = _Pop(s_enc[ok], _take(metrics, ok), acc[ok], fit[ok])
+            pop = sp if pop is None else _Pop.cat([pop, sp])
+    if pop is None:
+        raise InfeasibleError({}, cons.to_dict(), "infeasible request: no sub-network satisfying all constraints "
+                              f"together was found in {max_attempts} rounds of sampling")
+    if len(pop) < population_size:           # top up by mutating what is feasible (bounded)
+        more, _ = _feasible_batch(problem, lambda m: space.mutate(pop.enc, m, rng, 0.3, 0.5),
+                                  population_size - len(pop), oversample, max_attempts)
+        if more is not None:
+            pop = _Pop.cat([pop, more])
+
+    history: list[float] = []
+    gen = 0
+    for gen in range(generations):
+        if _stop_requested(should_stop):
+            raise SearchCancelled(gen)
+        order = np.argsort(-pop.fit, kind="stable")
+        parents = pop.take(order[:n_par])
+        history.append(float(parents.fit[0]))
+        if progress is not None:
+            lat = parents.metrics.get("latency_ms")
+            progress(gen, float(parents.acc[0]), float(lat[0]) if lat is not None else float("nan"))
+        kids = [parents]
+        for make, n in ((lambda m: space.mutate(parents.enc, m, rng, mutate_prob, resolution_mutate_prob), n_mut),
+                        (lambda m: space.crossover(parents.enc, m, rng), n_cross)):
+            got, _ = _feasible_batch(problem, make, n, oversample if gen else oversample, max_attempts)
+            have = 0 if got is None else len(got)
+            if got is not None:
+                kids.append(got)
+            if have < n:                      # fallback: feasible parents fill the quota; never loops
+                kids.append(parents.take(rng.integers(0, len(parents), size=n - have)))
+        pop = _Pop.cat(kids)
+    gens_run = generations
+
+    order = np.argsort(-pop.fit, kind="stable")
+    best = pop.take(order[:1])
+    # bounded greedy polish: best one-gene change, repeated
+    for _ in range(polish_steps):
+        if _stop_requested(should_stop):
+            raise SearchCancelled(gens_run)
+        nb = space.neighbours(best.enc[0])
+        ok, metrics, acc, fit = problem.evaluate(nb)
+        i = int(np.argmax(fit))
+        if not ok[i] or fit[i] <= best.fit[0] + 1e-12:
+            break
+        best = _Pop(nb[i:i + 1], _take(metrics, slice(i, i + 1)), acc[i:i + 1], fit[i:i + 1])
+    return _result(spec, predictor, efficiency, best.enc[0], gens_run, time.perf_counter() - t0, objective,
+                   cons.to_dict(), history)
+
+
+def _result(spec, predictor, efficiency: Efficiency, enc_row: np.ndarray, gens: int, wall: float, objective: str,
+            constraints: dict, history: list[float]) -> SearchResult:
+    enc = canonicalize_encoded(spec, enc_row[None])
+    vals = efficiency.evaluate(enc)
+    get = lambda n: float(vals[n][0]) if n in vals else None
+    return SearchResult(enc=enc[0], config=SubnetConfig.from_encoded(spec, enc[0]),
+                        predicted_acc=float(predictor.predict(enc)[0]), latency_ms=get("latency_ms"), macs=get("macs"),
+                        params=get("params"), peak_memory_bytes=get("peak_memory_bytes"), generations=gens,
+                        wall_time_s=wall, objective=objective, constraints=constraints, history=history)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Multi-objective: the accuracy/efficiency Pareto front in one run
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class ParetoFront:
+    """Non-dominated (predicted accuracy, metric) points, sorted by increasing metric (and accuracy)."""
+
+    spec: SupernetSpec
+    metric: str
+    enc: np.ndarray          # (K, W) int32 canonical
+    acc: np.ndarray          # (K,)
+    values: np.ndarray       # (K,) the metric (e.g. latency in ms)
+    wall_time_s: float
+    generations: int
+    efficiency: Efficiency | None = field(default=None, repr=False)
+    predictor: Any = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.acc)
+
+    def lookup(self, budget: float) -> SearchResult | None:
+        """Best predicted accuracy with metric <= budget (None if nothing on the front fits)."""
+        idx = np.nonzero(self.values <= budget)[0]
+        if not len(idx):
+            return None
+        i = idx[np.argmax(self.acc[idx])]
+        if self.efficiency is not None and self.predictor is not None:
+            return _result(self.spec, self.predictor, self.efficiency, self.enc[i], self.generations, self.wall_time_s,
+                           "accuracy", {self.metric: float(budget)}, [])
+        cfg = SubnetConfig.from_encoded(self.spec, self.enc[i])
+        return SearchResult(self.enc[i], cfg, float(self.acc[i]),
+                            float(self.values[i]) if self.metric == "latency_ms" else None, None, None, None,
+                            self.generations, self.wall_time_s, "accuracy", {self.metric: float(budget)}, [])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "acc": self.acc.tolist(), "values": self.values.tolist(),
+                "configs": [SubnetConfig.from_encoded(self.spec, e).to_dict() for e in self.enc]}
+
+
+def _nondominated(values: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """Indices of the (min value, max acc) non-dominated points, sorted by value."""
+    order = np.lexsort((-acc, values))
+    best = np.maximum.accumulate(acc[order])
+    keep = np.ones(len(order), dtype=bool)
+    keep[1:] = acc[order][1:] > best[:-1]
+    return order[keep]
+
+
+def pareto_search(spec: SupernetSpec, predictor: Any, efficiency: Efficiency, low: float, high: float, *,
+                  metric: str = "latency_ms", constraints: Constraints | Mapping[str, float] | None = None,
+                  n_bins: int = 200, generations: int = 500, children: int = 200, init_samples: int = 4000,
+                  mutate_prob: float = 0.1, resolution_mutate_prob: float = 0.5, polish_rounds: int = 3,
+                  resolutions: Sequence[int] | None = None, seed: int | np.random.Generator = 0,
+                  progress: Callable[[int, float, float], None] | None = None, should_stop: Any = None
+                  ) -> ParetoFront:
+    """Predicted accuracy vs `metric` over [low, high] in one run (bucketed-budget evolution).
+
+    The archive keeps the most accurate config in each of `n_bins` metric buckets over [low, high]; each generation
+    mutates and crosses archive members (`children` candidates), and re-bins. A final bounded polish tries every
+    one-gene change of the front's points. Other `constraints` (e.g. params) filter candidates.
+    """
+    t0 = time.perf_counter()
+    if metric not in efficiency.fns:
+        raise ValueError(f"metric {metric!r} is not available ({efficiency.names})")
+    if not high > low:
+        raise ValueError("need low < high")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    space = _Space(spec, resolutions)
+    cons = Constraints.coerce(constraints)
+    lims = cons.limits()
+    lims[metric] = min(float(high), lims.get(metric, math.inf))
+    cons_all = Constraints(**lims, min_accuracy=cons.min_accuracy)
+    seeds = _check_feasible(spec, predictor, efficiency, Constraints(**lims), space, 0)
+    problem = _Problem(spec, predictor, efficiency, cons_all, "accuracy")
+    width = (high - low) / n_bins
+    W = spec.enc_width
+    a_enc = np.zeros((n_bins, W), dtype=np.int32)
+    a_acc = np.full(n_bins, -np.inf)
+    a_val = np.full(n_bins, np.inf)
+
+    def update(cand: np.ndarray) -> None:
+        nonlocal a_enc, a_acc, a_val
+        ok, metrics, acc, _ = problem.evaluate(cand)
+        if not ok.any():
+            return
+        e = np.concatenate([a_enc, cand[ok]])
+        ac = np.concatenate([a_acc, acc[ok]])
+        va = np.concatenate([a_val, metrics[metric][ok]])
+        bins = np.concatenate([np.arange(n_bins),
+                               np.clip(((va[n_bins:] - low) // width).astype(np.int64), 0, n_bins - 1)])
+        order = np.lexsort((va, -ac, bins))                        # per bin: best acc, then smaller metric
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = bins[order][1:] != bins[order][:-1]
+        sel = order[first]
+        b = bins[sel]
+        a_enc[b], a_acc[b], a_val[b] = e[sel], ac[sel], va[sel]
+
+    init = np.concatenate([space.sample(init_samples // 2, rng), space.sample(init_samples - init_samples // 2, rng,
+                                                                                skew=True)])
+    update(np.concatenate([init, np.stack(seeds)]) if seeds else init)
+    n_mut = children // 2
+    for gen in range(generations):
+        if _stop_requested(should_stop):
+            raise SearchCancelled(gen)
+        filled = np.nonzero(np.isfinite(a_acc))[0]
+        par = a_enc[filled]
+        kids = np.concatenate([space.mutate(par, n_mut, rng, mutate_prob, resolution_mutate_prob),
+                               space.crossover(par, children - n_mut, rng)])
+        update(kids)
+        if progress is not None:
+            i = filled[np.argmax(a_acc[filled])]
+            progress(gen, float(a_acc[i]), float(a_val[i]))
+    for _ in range(polish_rounds):
+        if _stop_requested(should_stop):
+            raise SearchCancelled(generations)
+        filled = np.nonzero(np.isfinite(a_acc))[0]
+        front = filled[_nondominated(a_val[filled], a_acc[filled])]
+        update(np.concatenate([space.neighbours(a_enc[i]) for i in front]))
+    filled = np.nonzero(np.isfinite(a_acc))[0]
+    front = filled[_nondominated(a_val[filled], a_acc[filled])]
+    enc = canonicalize_encoded(spec, a_enc[front])
+    return ParetoFront(spec, metric, enc, a_acc[front].copy(), a_val[front].copy(), time.perf_counter() - t0,
+                       generations, efficiency, predictor)
