@@ -1,0 +1,278 @@
+"""Download formats of an extracted sub-network.
+
+* **safetensors** (the default): written by `SafetensorsStream` tensor by tensor, without ever holding the
+  whole file in memory; byte ranges supported (HTTP Range). The header's ``__metadata__`` carries the
+  sub-network config, supernet name/version, the OFA net/run configs and ``tensors_sha256`` (sha256 of the
+  data section, i.e. every byte after the header). `load_safetensors_checkpoint` verifies it.
+* ``.pt``: ``torch.save({"state_dict", "net_config", "run_config"})`` (loadable with ``weights_only=True``).
+* TorchScript (traced) and ONNX (opset 17) of the static network.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+import warnings
+from collections import OrderedDict
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointError
+from .extract import extract, extract_state_dict, net_config, run_config
+from .mbv3 import OFAMobileNetV3
+from .spec import SubnetConfig, SupernetSpec
+
+__all__ = ["SafetensorsStream", "subnet_metadata", "export_safetensors", "load_safetensors_checkpoint",
+           "export_pt_bytes", "export_torchscript_bytes", "export_onnx_bytes", "SAFETENSORS_DTYPES"]
+
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_DTYPES_BY_NAME = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+SHA_KEY = "tensors_sha256"
+_CHUNK = 1 << 20
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    """Raw little-endian bytes of a contiguous CPU tensor, without copying."""
+    flat = t.detach().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
+class SafetensorsStream:
+    """A safetensors file produced lazily, tensor by tensor.
+
+    Layout: 8-byte little-endian header length N, N bytes of JSON header (``{name: {"dtype", "shape",
+    "data_offsets": [begin, end]}, "__metadata__": {str: str}}``, offsets relative to the data section,
+    space-padded so the data section starts at a multiple of 8), then the tensors' bytes back to back in the
+    order of `state_dict`.
+
+    `total_size` is known on construction; `sha256` (of the whole file) is computed on first access by one
+    streaming pass; `iter_bytes(start, end)` yields the bytes ``[start, end)``.
+    """
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None,
+                 chunk_size: int = _CHUNK):
+        self.chunk_size = int(chunk_size)
+        self._tensors: list[tuple[str, torch.Tensor]] = []
+        header: dict[str, Any] = {}
+        offset = 0
+        self._spans: list[tuple[int, int]] = []
+        for name, t in state_dict.items():
+            if not isinstance(name, str) or name == "__metadata__":
+                raise ValueError(f"invalid tensor name {name!r}")
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
+            if t.dtype not in SAFETENSORS_DTYPES:
+                raise TypeError(f"{name}: dtype {t.dtype} not supported by safetensors export")
+            t = t.detach()
+            if t.device.type != "cpu":
+                t = t.cpu()
+            if not t.is_contiguous():
+                t = t.contiguous()
+            n = t.numel() * t.element_size()
+            header[name] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                            "data_offsets": [offset, offset + n]}
+            self._tensors.append((name, t))
+            self._spans.append((offset, offset + n))
+            offset += n
+        self.data_size = offset
+        meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        h = hashlib.sha256()
+        for _, t in self._tensors:
+            h.update(_tensor_bytes(t))
+        self.tensors_sha256 = h.hexdigest()
+        meta[SHA_KEY] = self.tensors_sha256
+        self.metadata = meta
+        full_header = {"__metadata__": meta, **header}
+        hb = json.dumps(full_header, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+        hb += b" " * ((-(8 + len(hb))) % 8)
+        self._head = struct.pack("<Q", len(hb)) + hb
+        self.header_size = len(self._head)
+        self.total_size = self.header_size + self.data_size
+        self._sha256: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        """sha256 hex digest of the whole file (computed once, by streaming)."""
+        if self._sha256 is None:
+            h = hashlib.sha256()
+            for chunk in self.iter_bytes():
+                h.update(chunk)
+            self._sha256 = h.hexdigest()
+        return self._sha256
+
+    def __len__(self) -> int:
+        return self.total_size
+
+    def iter_bytes(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Yield the file's bytes ``[start, end)`` (end exclusive; None = to the end) in chunks.
+
+        For an HTTP ``Range: bytes=a-b`` (inclusive) call ``iter_bytes(a, b + 1)``.
+        """
+        end = self.total_size if end is None else int(end)
+        start = int(start)
+        if not (0 <= start <= end <= self.total_size):
+            raise ValueError(f"invalid byte range [{start}, {end}) for a file of {self.total_size} bytes")
+        if start >= end:
+            return
+        hs = self.header_size
+        if start < hs:
+            yield self._head[start:min(end, hs)]
+        lo, hi = max(start - hs, 0), end - hs  # range inside the data section
+        if hi <= 0:
+            return
+        cs = self.chunk_size
+        for (name, t), (a, b) in zip(self._tensors, self._spans):
+            if b <= lo or a == b:
+                continue
+            if a >= hi:
+                break
+            mv = _tensor_bytes(t)
+            s, e = max(lo, a) - a, min(hi, b) - a
+            while s < e:
+                n = min(cs, e - s)
+                yield bytes(mv[s:s + n])
+                s += n
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.iter_bytes())
+
+    def write_to(self, fileobj_or_path: str | os.PathLike | io.IOBase) -> int:
+        if isinstance(fileobj_or_path, (str, os.PathLike)):
+            with open(fileobj_or_path, "wb") as f:
+                return self.write_to(f)
+        n = 0
+        for chunk in self.iter_bytes():
+            fileobj_or_path.write(chunk)
+            n += len(chunk)
+        return n
+
+
+def subnet_metadata(spec: SupernetSpec, cfg: SubnetConfig, extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """safetensors ``__metadata__`` (all strings) describing the sub-network `cfg` of `spec`."""
+    meta = {
+        "format": "pt",
+        "supernet": spec.name,
+        "supernet_version": str(spec.version),
+        "config": cfg.to_json(),
+        "content_id": cfg.content_id(),
+        "net_config": json.dumps(net_config(spec, cfg), separators=(",", ":")),
+        "run_config": json.dumps(run_config(cfg), separators=(",", ":")),
+    }
+    for k, v in (extra or {}).items():
+        meta[str(k)] = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+    return meta
+
+
+def export_safetensors(supernet: OFAMobileNetV3, cfg: SubnetConfig, extra_metadata: Mapping[str, Any] | None = None,
+                       chunk_size: int = _CHUNK) -> SafetensorsStream:
+    """The safetensors download of sub-network `cfg`, streamed directly from the supernet's tensors.
+
+    The stream reads the supernet's storage lazily: do not modify the supernet while streaming.
+    """
+    return SafetensorsStream(extract_state_dict(supernet, cfg), subnet_metadata(supernet.spec, cfg, extra_metadata),
+                             chunk_size=chunk_size)
+
+
+def _parse_header(data: bytes | memoryview) -> tuple[dict, int]:
+    if len(data) < 8:
+        raise CheckpointError("not a safetensors file: shorter than 8 bytes")
+    (n,) = struct.unpack("<Q", bytes(data[:8]))
+    if n > len(data) - 8 or n > 100 * 1024 * 1024:
+        raise CheckpointError(f"not a safetensors file: header length {n} exceeds the file")
+    try:
+        header = json.loads(bytes(data[8:8 + n]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"not a safetensors file: bad header ({e})") from e
+    if not isinstance(header, dict):
+        raise CheckpointError("not a safetensors file: header is not an object")
+    return header, 8 + n
+
+
+def load_safetensors_checkpoint(bytes_or_path: bytes | bytearray | memoryview | str | os.PathLike,
+                                verify: bool = True) -> tuple["OrderedDict[str, torch.Tensor]", dict[str, str]]:
+    """(state dict in file order, metadata) of a safetensors file; with `verify`, the data section must
+    match the ``tensors_sha256`` in the metadata (raises `CheckpointError` otherwise, or when it is absent)."""
+    if isinstance(bytes_or_path, (str, os.PathLike)):
+        with open(bytes_or_path, "rb") as f:
+            data = f.read()
+    else:
+        data = bytes(bytes_or_path)
+    header, data_start = _parse_header(data)
+    meta = dict(header.get("__metadata__") or {})
+    if verify:
+        want = meta.get(SHA_KEY)
+        if not want:
+            raise CheckpointError(f"safetensors metadata has no {SHA_KEY}; cannot verify")
+        got = hashlib.sha256(memoryview(data)[data_start:]).hexdigest()
+        if got != want:
+            raise CheckpointError(f"safetensors data sha256 mismatch: metadata says {want}, data is {got}")
+    from safetensors.torch import load as st_load
+    try:
+        tensors = st_load(data)
+    except Exception as e:
+        raise CheckpointError(f"invalid safetensors file: {e}") from e
+    order = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    return OrderedDict((k, tensors[k]) for k in order), meta
+
+
+def export_pt_bytes(supernet: OFAMobileNetV3, cfg: SubnetConfig) -> bytes:
+    """``torch.save({"state_dict", "net_config", "run_config"})`` of sub-network `cfg`, as bytes."""
+    sd = extract_state_dict(supernet, cfg, clone=True)  # owned tensors: torch.save would store whole storages
+    buf = io.BytesIO()
+    torch.save({"state_dict": sd, "net_config": net_config(supernet.spec, cfg), "run_config": run_config(cfg)}, buf)
+    return buf.getvalue()
+
+
+def _as_static(model: nn.Module | OFAMobileNetV3, cfg: SubnetConfig | None) -> tuple[nn.Module, int]:
+    if isinstance(model, OFAMobileNetV3):
+        if cfg is None:
+            raise ValueError("a config is needed to export from a supernet")
+        return extract(model, cfg), cfg.r
+    return model.eval(), (cfg.r if cfg is not None else 224)
+
+
+def export_torchscript_bytes(model: nn.Module, cfg: SubnetConfig | None = None, image_size: int | None = None) -> bytes:
+    """TorchScript (traced, eval mode) of a static network, or of sub-network `cfg` of a supernet."""
+    net, r = _as_static(model, cfg)
+    r = image_size or r
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, torch.zeros(1, 3, r, r), check_trace=False)
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf)
+    return buf.getvalue()
+
+
+def export_onnx_bytes(model: nn.Module, cfg: SubnetConfig | None = None, image_size: int | None = None,
+                      opset: int = 17) -> bytes:
+    """ONNX (opset >= 17, dynamic batch axis) of a static network, or of sub-network `cfg` of a supernet.
+
+    Uses the TorchScript-based exporter (``dynamo=False``), falling back to the dynamo exporter.
+    Input name ``input`` (N, 3, r, r), output name ``logits``.
+    """
+    if opset < 17:
+        raise ValueError("opset must be >= 17")
+    net, r = _as_static(model, cfg)
+    r = image_size or r
+    x = torch.zeros(1, 3, r, r)
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(net, (x,), buf, opset_version=opset, dynamo=False, input_names=["input"],
+                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        except Exception:
+            prog = torch.onnx.export(net, (x,), dynamo=True, opset_version=opset, input_names=["input"],
+                                     output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+            return prog.model_proto.SerializeToString()
+    return buf.getvalue()
