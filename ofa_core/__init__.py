@@ -21,3 +21,13 @@ __all__ += ["StaticMobileNetV3", "extract", "extract_state_dict", "net_config", 
             "load_supernet_weights", "CostModel", "config_costs", "SafetensorsStream", "export_onnx_bytes",
             "export_pt_bytes", "export_safetensors", "export_torchscript_bytes", "load_safetensors_checkpoint",
             "subnet_metadata"]
+
+from .latency import LatencyEntry, LatencyTable, LatencyTableError
+from .predictor import AccuracyPredictor, build_predictor_dataset, train_predictor
+from .search import (Constraints, Efficiency, InfeasibleError, ParetoFront, SearchCancelled, SearchResult,
+                     evolutionary_search, pareto_search)
+from .calibrate import calibrate, calibration_curve
+
+__all__ += ["LatencyEntry", "LatencyTable", "LatencyTableError", "AccuracyPredictor", "build_predictor_dataset",
+            "train_predictor", "Constraints", "Efficiency", "InfeasibleError", "ParetoFront", "SearchCancelled",
+            "SearchResult", "evolutionary_search", "pareto_search", "calibrate", "calibration_curve"]
