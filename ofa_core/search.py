@@ -280,8 +280,39 @@ class _Problem:
         if "latency_ms" in efficiency.fns and "latency_ms" not in needed:
             needed.append("latency_ms")                  # cheap, reported in progress
         self.metric_names = needed
+        self._cache: dict[bytes, float] = {}
 
-    def evaluate(self, enc: np.ndarray, need: int | None = None
+    def accuracy(self, enc: np.ndarray) -> np.ndarray:
+        """Predicted accuracy with a cache keyed by the canonical config: duplicates (frequent once the population
+        converges) are predicted once, and one predictor call covers all new rows."""
+        canon = canonicalize_encoded(self.spec, enc)
+        keys = [row.tobytes() for row in canon]
+        out = np.empty(len(enc))
+        new: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            v = self._cache.get(k)
+            if v is None:
+                new.setdefault(k, len(new))
+                out[i] = np.nan
+            else:
+                out[i] = v
+        if new:
+            first = {}
+            for i, k in enumerate(keys):
+                if k in new and k not in first:
+                    first[k] = i
+            rows = np.asarray([first[k] for k in new])
+            vals = np.asarray(self.predictor.predict(canon[rows]), dtype=np.float64)
+            if len(self._cache) > 2_000_000:
+                self._cache.clear()
+            for k, v in zip(new, vals):
+                self._cache[k] = float(v)
+            for i, k in enumerate(keys):
+                if k in new:
+                    out[i] = self._cache[k]
+        return out
+
+    def evaluate(self, enc: np.ndarray, need: int | None = None, predict: bool = True
                  ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """-> (feasible mask, metrics, acc (nan where not computed), fitness (-inf where infeasible)).
 
@@ -293,8 +324,8 @@ class _Problem:
         if need is not None and self.min_acc is None:
             ok[np.nonzero(ok)[0][need:]] = False
         acc = np.full(len(enc), np.nan)
-        if ok.any():
-            acc[ok] = self.predictor.predict(enc[ok])
+        if ok.any() and (predict or self.min_acc is not None):
+            acc[ok] = self.accuracy(enc[ok])
         if self.min_acc is not None:
             ok &= np.nan_to_num(acc, nan=-np.inf) >= self.min_acc
         fit = np.full(len(enc), -np.inf)
@@ -336,14 +367,14 @@ class _Pop:
 
 
 def _feasible_batch(problem: _Problem, make: Callable[[int], np.ndarray], n: int, oversample: int,
-                    max_attempts: int) -> tuple[_Pop | None, int]:
+                    max_attempts: int, predict: bool = True) -> tuple[_Pop | None, int]:
     """Batched rejection sampling: up to `max_attempts` rounds of n*oversample candidates; returns <= n feasible."""
     got: list[_Pop] = []
     have, tried = 0, 0
     for _ in range(max_attempts):
         cand = make(max(n, 1) * oversample)
         tried += len(cand)
-        ok, metrics, acc, fit = problem.evaluate(cand, need=n - have)
+        ok, metrics, acc, fit = problem.evaluate(cand, need=n - have, predict=predict)
         idx = np.nonzero(ok)[0][:n - have]
         if len(idx):
             got.append(_Pop(cand[idx], _take(metrics, idx), acc[idx], fit[idx]))
@@ -466,13 +497,19 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
         kids = [parents]
         for make, n in ((lambda m: space.mutate(parents.enc, m, rng, mutate_prob, resolution_mutate_prob), n_mut),
                         (lambda m: space.crossover(parents.enc, m, rng), n_cross)):
-            got, _ = _feasible_batch(problem, make, n, oversample if gen else oversample, max_attempts)
+            got, _ = _feasible_batch(problem, make, n, oversample, max_attempts, predict=False)
             have = 0 if got is None else len(got)
             if got is not None:
                 kids.append(got)
             if have < n:                      # fallback: feasible parents fill the quota; never loops
                 kids.append(parents.take(rng.integers(0, len(parents), size=n - have)))
         pop = _Pop.cat(kids)
+        if problem.min_acc is None:          # one (cached) predictor call for all new children
+            todo = np.isnan(pop.acc)
+            if todo.any():
+                pop.acc[todo] = problem.accuracy(pop.enc[todo])
+            if problem.objective == "accuracy":
+                pop.fit = pop.acc.copy()
     gens_run = generations
 
     order = np.argsort(-pop.fit, kind="stable")

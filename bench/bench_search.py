@@ -1,0 +1,346 @@
+"""Benchmark: vectorized search vs a faithful per-candidate reference of the published evolution finder.
+
+    nice -n 10 .venv/bin/python bench/bench_search.py                      # everything, published defaults
+    nice -n 10 .venv/bin/python bench/bench_search.py --quick              # few generations, small checks
+    ... --only search|pareto|latency|profiler|calibration  --budgets 25 --generations 100 --no-reference
+
+The reference below is written the way the published code works: configs are Python dicts, every candidate is
+drawn with `random`, its latency is the sum of per-operator table lookups built from key strings one candidate at
+a time, rejection sampling loops per candidate (no bound: it is only run at feasible budgets), and the predictor
+turns each config into features in Python before one batched forward per generation.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ofa_core.latency import LatencyTable  # noqa: E402
+from ofa_core.predictor import AccuracyPredictor  # noqa: E402
+from ofa_core.search import Efficiency, evolutionary_search, pareto_search  # noqa: E402
+from ofa_core.spec import SubnetConfig, get_spec  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                      "ofa-reference")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reference: the published algorithm, per candidate
+# ----------------------------------------------------------------------------------------------------
+class RefLatency:
+    """Per-candidate latency: build each operator's key string and sum the table means."""
+
+    def __init__(self, table: LatencyTable):
+        self.lut = {r: {k: e.mean for k, e in t.items()} for r, t in table.tables.items()}
+        spec = table.spec
+        self.spec = spec
+        wd = spec.widths
+        self.stem, self.fb, self.stages = wd["stem"], wd["first_block"], wd["stages"]
+        self.fe, self.last = wd["final_expand"], wd["last"]
+
+    def predict(self, sample: dict) -> float:
+        spec, r = self.spec, sample["r"]
+        lut = self.lut[r]
+        f = (r + 1) // 2
+        total = lut[f"Conv-input:{r}x{r}x3-output:{f}x{f}x{self.stem}"]
+        total += lut[f"expanded_conv-input:{f}x{f}x{self.stem}-output:{f}x{f}x{self.fb}-expand:{self.stem}-kernel:3"
+                     f"-stride:1-idskip:1-se:0-hs:0"]
+        cin = self.fb
+        for s, cout in enumerate(self.stages):
+            stride0 = spec.stage_strides[s]
+            for j in range(sample["d"][s]):
+                i = 4 * s + j
+                stride = stride0 if j == 0 else 1
+                fo = int((f - 1) / stride + 1)
+                mid = spec.mid_channels(cin, sample["e"][i])
+                key = (f"expanded_conv-input:{f}x{f}x{cin}-output:{fo}x{fo}x{cout}-expand:{mid}-kernel:{sample['ks'][i]}"
+                       f"-stride:{stride}-idskip:{int(stride == 1 and cin == cout)}-se:{int(spec.stage_se[s])}"
+                       f"-hs:{int(spec.stage_acts[s] == 'h_swish')}")
+                total += lut[key]
+                f, cin = fo, cout
+        total += lut[f"Conv_1-input:{f}x{f}x{cin}-output:{f}x{f}x{self.fe}"]
+        total += lut[f"AvgPool2D-input:{f}x{f}x{self.fe}-output:1x1x{self.fe}"]
+        total += lut[f"Conv_2-input:1x1x{self.fe}-output:1x1x{self.last}"]
+        total += lut[f"Logits-input:1x1x{self.last}-output:{spec.n_classes}"]
+        return total
+
+
+class RefPredictor:
+    """spec2feats per config in Python, then one forward for the list (as the published predictor does)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    @staticmethod
+    def spec2feats(ks_list, ex_list, d_list, r):
+        ks_list, ex_list = copy.deepcopy(ks_list), copy.deepcopy(ex_list)
+        start, end = 0, 4
+        for d in d_list:
+            for j in range(start + d, end):
+                ks_list[j] = 0
+                ex_list[j] = 0
+            start += 4
+            end += 4
+        ks_onehot = [0 for _ in range(60)]
+        ex_onehot = [0 for _ in range(60)]
+        r_onehot = [0 for _ in range(8)]
+        ks_map = {3: 0, 5: 1, 7: 2}
+        ex_map = {3: 0, 4: 1, 6: 2}
+        for i in range(20):
+            start = i * 3
+            if ks_list[i] != 0:
+                ks_onehot[start + ks_map[ks_list[i]]] = 1
+            if ex_list[i] != 0:
+                ex_onehot[start + ex_map[ex_list[i]]] = 1
+        r_onehot[(r - 112) // 16] = 1
+        return torch.Tensor(ks_onehot + ex_onehot + r_onehot)
+
+    def predict_accuracy(self, population):
+        all_feats = [self.spec2feats(s["ks"], s["e"], s["d"], s["r"]) for s in population]
+        with torch.no_grad():
+            return self.model(torch.stack(all_feats)).view(-1)
+
+
+class RefEvolutionFinder:
+    def __init__(self, efficiency, predictor, resolutions, population_size=100, max_time_budget=500,
+                 parent_ratio=0.25, mutation_ratio=0.5, mutate_prob=0.1, resolution_mutate_prob=0.5):
+        self.eff, self.pred = efficiency, predictor
+        self.resolutions = list(resolutions)
+        self.population_size, self.max_time_budget = population_size, max_time_budget
+        self.parent_ratio, self.mutation_ratio = parent_ratio, mutation_ratio
+        self.mutate_prob, self.resolution_mutate_prob = mutate_prob, resolution_mutate_prob
+
+    def random_spec(self):
+        return {"ks": [random.choice([3, 5, 7]) for _ in range(20)], "e": [random.choice([3, 4, 6]) for _ in range(20)],
+                "d": [random.choice([2, 3, 4]) for _ in range(5)], "r": random.choice(self.resolutions)}
+
+    def random_sample(self, constraint):
+        while True:
+            sample = self.random_spec()
+            eff = self.eff.predict(sample)
+            if eff <= constraint:
+                return sample, eff
+
+    def mutate_sample(self, sample, constraint):
+        while True:
+            new_sample = copy.deepcopy(sample)
+            if random.random() < self.resolution_mutate_prob:
+                new_sample["r"] = random.choice(self.resolutions)
+            for i in range(20):
+                if random.random() < self.mutate_prob:
+                    new_sample["ks"][i] = random.choice([3, 5, 7])
+                    new_sample["e"][i] = random.choice([3, 4, 6])
+            for i in range(5):
+                if random.random() < self.mutate_prob:
+                    new_sample["d"][i] = random.choice([2, 3, 4])
+            eff = self.eff.predict(new_sample)
+            if eff <= constraint:
+                return new_sample, eff
+
+    def crossover_sample(self, sample1, sample2, constraint):
+        while True:
+            new_sample = copy.deepcopy(sample1)
+            for key in new_sample.keys():
+                if not isinstance(new_sample[key], list):
+                    new_sample[key] = random.choice([sample1[key], sample2[key]])
+                else:
+                    for i in range(len(new_sample[key])):
+                        new_sample[key][i] = random.choice([sample1[key][i], sample2[key][i]])
+            eff = self.eff.predict(new_sample)
+            if eff <= constraint:
+                return new_sample, eff
+
+    def run_evolution_search(self, constraint):
+        mutation_numbers = int(round(self.mutation_ratio * self.population_size))
+        parents_size = int(round(self.parent_ratio * self.population_size))
+        best_valids, population, best_info = [-100], [], None
+        child_pool, efficiency_pool = [], []
+        for _ in range(self.population_size):
+            sample, eff = self.random_sample(constraint)
+            child_pool.append(sample)
+            efficiency_pool.append(eff)
+        accs = self.pred.predict_accuracy(child_pool)
+        for i in range(self.population_size):
+            population.append((accs[i].item(), child_pool[i], efficiency_pool[i]))
+        for _ in range(self.max_time_budget):
+            parents = sorted(population, key=lambda x: x[0])[::-1][:parents_size]
+            acc = parents[0][0]
+            if acc > best_valids[-1]:
+                best_valids.append(acc)
+                best_info = parents[0]
+            else:
+                best_valids.append(best_valids[-1])
+            population = parents
+            child_pool, efficiency_pool = [], []
+            for _ in range(mutation_numbers):
+                par = population[np.random.randint(parents_size)][1]
+                s, e = self.mutate_sample(par, constraint)
+                child_pool.append(s)
+                efficiency_pool.append(e)
+            for _ in range(self.population_size - mutation_numbers):
+                p1 = population[np.random.randint(parents_size)][1]
+                p2 = population[np.random.randint(parents_size)][1]
+                s, e = self.crossover_sample(p1, p2, constraint)
+                child_pool.append(s)
+                efficiency_pool.append(e)
+            accs = self.pred.predict_accuracy(child_pool)
+            for i in range(self.population_size):
+                population.append((accs[i].item(), child_pool[i], efficiency_pool[i]))
+        return best_valids, best_info
+
+
+# ----------------------------------------------------------------------------------------------------
+def load_assets():
+    table = LatencyTable.from_note10_dir(os.path.join(SHARED, "note10"))
+    pred = AccuracyPredictor.from_published(os.path.join(SHARED, "acc_predictor.pth"))
+    return table, pred
+
+
+def bench_search(args, table, pred):
+    spec = table.spec
+    eff = Efficiency(spec, latency_ms=table)
+    print(f"\n== single-budget search: population 100, {args.generations} generations, Note10 table ==")
+    print(f"{'budget':>7} | {'ours s':>7} {'ours acc':>9} {'ours ms':>8} | {'ref s':>7} {'ref acc':>9} {'ref ms':>8} | "
+          f"{'speed-up':>8} {'ours>=ref':>9}")
+    ours = {}
+    for b in args.budgets:
+        r = evolutionary_search(spec, pred, eff, {"latency_ms": b}, generations=args.generations, seed=args.seed)
+        ours[b] = r
+        line = f"{b:>7.1f} | {r.wall_time_s:>7.2f} {r.predicted_acc:>9.4f} {r.latency_ms:>8.2f} | "
+        if args.no_reference:
+            print(line + "(reference skipped)", flush=True)
+            continue
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.set_num_threads(1)
+        ref = RefEvolutionFinder(RefLatency(table), RefPredictor(pred.model), spec.resolutions,
+                                 max_time_budget=args.generations)
+        t0 = time.perf_counter()
+        _, info = ref.run_evolution_search(b)
+        rt = time.perf_counter() - t0
+        print(line + f"{rt:>7.2f} {info[0]:>9.4f} {info[2]:>8.2f} | {rt / r.wall_time_s:>7.1f}x "
+              f"{str(r.predicted_acc >= info[0] - 1e-9):>9}", flush=True)
+    return ours
+
+
+def bench_pareto(args, table, pred, ours):
+    spec = table.spec
+    eff = Efficiency(spec, latency_ms=table)
+    print(f"\n== Pareto front {args.pareto_low}-{args.pareto_high} ms in one run ({args.generations} generations) ==")
+    front = pareto_search(spec, pred, eff, args.pareto_low, args.pareto_high, generations=args.generations,
+                          seed=args.seed)
+    print(f"front: {len(front)} points, wall {front.wall_time_s:.2f} s")
+    print(f"{'budget':>7} | {'front acc':>9} {'front ms':>8} | {'single acc':>10} {'single ms':>9} | {'diff pp':>7}")
+    for b in args.budgets:
+        f = front.lookup(b)
+        s = ours.get(b)
+        if s is None:
+            s = evolutionary_search(spec, pred, eff, {"latency_ms": b}, generations=args.generations, seed=args.seed)
+        print(f"{b:>7.1f} | {f.predicted_acc:>9.4f} {f.latency_ms:>8.2f} | {s.predicted_acc:>10.4f} {s.latency_ms:>9.2f}"
+              f" | {100 * (f.predicted_acc - s.predicted_acc):>+7.2f}")
+
+
+def bench_latency(args, table, pred):
+    spec = table.spec
+    enc = spec.sample_encoded(100_000, np.random.default_rng(0))
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        lat = table.predict(enc)
+        times.append(time.perf_counter() - t0)
+    ref = RefLatency(table)
+    n_check = 2000
+    t0 = time.perf_counter()
+    per = np.array([ref.predict(SubnetConfig.from_encoded(spec, e).to_dict()) for e in enc[:n_check]])
+    per_t = (time.perf_counter() - t0) / n_check * 100_000
+    print(f"\n== latency of 100,000 configs ==\nvectorized: best {min(times):.4f} s, median {np.median(times):.4f} s; "
+          f"per-config Python (extrapolated from {n_check}): {per_t:.2f} s; max |diff| {np.abs(per - lat[:n_check]).max():.2e} ms")
+    full = table.predict_one(spec.max_config(224))
+    small = table.predict_one(spec.min_config(160))
+    print(f"published sums: full w1.2 @224 = {full:.2f} ms, smallest @160 = {small:.2f} ms")
+
+
+def bench_profiler(args):
+    from ofa_core.mbv3 import build_supernet
+    from ofa_core.profiler import check_table, profile_table
+    spec = get_spec("ofa_mbv3_cifar10")
+    print(f"\n== profiler on this host: {spec.name}, threads=1, statistic={args.statistic} ==")
+    t0 = time.perf_counter()
+    table = profile_table(spec, repeats=args.prof_repeats, warmup=3, threads=1, statistic=args.statistic,
+                          progress=False, progress_path=args.prof_cache)
+    print(f"profiled {sum(len(t) for t in table.tables.values())} operators at r={list(table.resolutions)} "
+          f"in {time.perf_counter() - t0:.1f} s; cpu: {table.environment.get('cpu_model')}")
+    net = build_supernet(spec)
+    chk = check_table(net, table, n=args.prof_n, rng=args.seed, repeats=args.prof_repeats, threads=1,
+                      statistic=args.statistic)
+    print(f"{args.prof_n} sub-networks: share within +-10%: {chk['share_within']:.2f}; median |rel err| "
+          f"{chk['median_abs_rel_err']:.3f}; predicted/measured ratio median {np.median(chk['ratio']):.3f} "
+          f"(min {chk['ratio'].min():.3f}, max {chk['ratio'].max():.3f})")
+    return table, chk
+
+
+def bench_calibration(args, table, prof):
+    from ofa_core.calibrate import calibration_curve
+    spec = table.spec
+    print("\n== calibration (held-out share within +-10% vs N pairs) ==")
+    rng = np.random.default_rng(args.seed)
+    means = {r: {k: e.mean * 1.5 * np.exp(rng.normal(0, 0.25)) for k, e in t.items()} for r, t in table.tables.items()}
+    true = table.with_means(means, source="measured")
+    enc = spec.sample_encoded(1200, rng)
+    y = true.predict(enc) * np.exp(rng.normal(0, 0.02, len(enc)))
+    print("synthetic device (Note10 x1.5 x per-op lognormal(0.25), 2% noise), prior = Note10 table:")
+    for row in calibration_curve(table, enc[:1000], y[:1000], enc[1000:], y[1000:], ns=(5, 10, 20, 50, 200, 1000)):
+        print(f"  N={row['n']:>5}: share {row['share_within']:.3f}, median |rel err| {row['median_abs_rel_err']:.3f}")
+    if prof is not None:
+        ptable, chk = prof
+        n = len(chk["measured"])
+        half = n // 2
+        print(f"this host, {ptable.spec.name}: prior = profiled table, pairs = the {n} end-to-end measurements "
+              f"(first {half} train, rest test):")
+        for row in calibration_curve(ptable, chk["enc"][:half], chk["measured"][:half], chk["enc"][half:],
+                                     chk["measured"][half:], ns=tuple(x for x in (3, 5, 10, 25) if x <= half)):
+            print(f"  N={row['n']:>5}: share {row['share_within']:.3f}, median |rel err| "
+                  f"{row['median_abs_rel_err']:.3f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budgets", type=float, nargs="+", default=[15, 20, 25, 30])
+    ap.add_argument("--generations", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-reference", action="store_true", help="skip the slow per-candidate reference")
+    ap.add_argument("--only", nargs="+", choices=["search", "pareto", "latency", "profiler", "calibration"])
+    ap.add_argument("--pareto-low", type=float, default=10.0)
+    ap.add_argument("--pareto-high", type=float, default=60.0)
+    ap.add_argument("--prof-n", type=int, default=50)
+    ap.add_argument("--prof-repeats", type=int, default=20)
+    ap.add_argument("--prof-cache", default=None, help="JSON file for resumable profiling")
+    ap.add_argument("--statistic", default="median", choices=["median", "min", "p25"])
+    ap.add_argument("--quick", action="store_true", help="100 generations, 10 profiled sub-networks")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.generations, args.prof_n, args.prof_repeats = 100, 10, 10
+    parts = set(args.only or ["search", "pareto", "latency", "profiler", "calibration"])
+    torch.set_num_threads(1)
+    table, pred = load_assets()
+    print(f"host: {os.cpu_count()} logical CPUs, torch {torch.__version__}, torch threads 1")
+    ours = bench_search(args, table, pred) if "search" in parts else {}
+    if "pareto" in parts:
+        bench_pareto(args, table, pred, ours)
+    if "latency" in parts:
+        bench_latency(args, table, pred)
+    prof = bench_profiler(args) if "profiler" in parts else None
+    if "calibration" in parts:
+        bench_calibration(args, table, prof)
+
+
+if __name__ == "__main__":
+    main()
