@@ -319,6 +319,10 @@ def build_predictor_dataset(supernet: Any, spec: SupernetSpec | str, n: int,
     encs = spec.sample_encoded(n, rng, resolutions)
     done: set[bytes] = set()
     if resume and os.path.exists(out_path):
+        with open(out_path, "rb+") as f:      # drop a torn last line left by an interrupted write
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
         prev, _ = read_predictor_dataset(out_path, spec)
         done = {row.tobytes() for row in prev}
     elif os.path.exists(out_path):

@@ -419,7 +419,7 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
                         mutation_ratio: float = 0.5, mutate_prob: float = 0.1, resolution_mutate_prob: float = 0.5,
                         resolutions: Sequence[int] | None = None, seed: int | np.random.Generator = 0,
                         oversample: int = 4, max_attempts: int = 25, polish_steps: int = 20,
-                        objective: str | None = None,
+                        objective: str | None = None, dedup_parents: bool = True,
                         progress: Callable[[int, float, float], None] | None = None,
                         should_stop: Any = None, _check: bool = True) -> SearchResult:
     """Maximise predicted accuracy subject to `constraints` (published defaults: population 100, 500 generations,
@@ -489,6 +489,11 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
         if _stop_requested(should_stop):
             raise SearchCancelled(gen)
         order = np.argsort(-pop.fit, kind="stable")
+        if dedup_parents:                    # distinct parents keep diversity (duplicates add nothing)
+            canon = canonicalize_encoded(spec, pop.enc[order])
+            _, first = np.unique(canon, axis=0, return_index=True)
+            uniq = order[np.sort(first)]
+            order = np.concatenate([uniq, order[~np.isin(np.arange(len(order)), np.sort(first))]])
         parents = pop.take(order[:n_par])
         history.append(float(parents.fit[0]))
         if progress is not None:

@@ -1,0 +1,70 @@
+import json
+
+import numpy as np
+import pytest
+
+from ofa_core.predictor import (AccuracyPredictor, PredictorError, build_predictor_dataset, kendall_tau,
+                                train_predictor)
+from ofa_core.spec import get_spec
+
+
+def test_reproduces_published(published_predictor):
+    spec = published_predictor.spec
+    assert round(published_predictor.predict_one(spec.max_config(224)), 4) == 0.8359
+    assert round(published_predictor.predict_one(spec.min_config(160)), 4) == 0.7531
+    enc = spec.sample_encoded(64, np.random.default_rng(0))
+    assert published_predictor.predict(enc).shape == (64,)
+
+
+def test_skipped_blocks_zero(published_predictor):
+    spec = published_predictor.spec
+    f = published_predictor.features(spec.min_config(160).encode()[None])[0]
+    assert f.shape == (128,) and f.sum() == 10 + 10 + 1
+    assert f[120 + (160 - 112) // 16] == 1
+
+
+def test_cifar_encoding_and_save_load(tmp_path):
+    spec = get_spec("ofa_mbv3_cifar10")
+    with pytest.raises(PredictorError):
+        AccuracyPredictor(spec, encoding="published")
+    rng = np.random.default_rng(0)
+    enc = spec.sample_encoded(200, rng)
+    # a synthetic "accuracy": bigger networks are better
+    from ofa_core.spec import active_mask
+    big = ((enc[:, :20] == 7) & active_mask(spec, enc[:, 40:45])).sum(1)
+    acc = 0.6 + 0.01 * big + 0.02 * (enc[:, -1] - 24) / 4
+    pred, m = train_predictor(enc, acc, spec, epochs=60, seed=0)
+    assert pred.n_features == 20 * 3 * 2 + 3
+    assert m["val_rmse_pp"] < 3.0 and m["val_kendall_tau"] > 0.3
+    p2, m2 = train_predictor(enc, acc, spec, epochs=60, seed=0)
+    np.testing.assert_array_equal(pred.predict(enc), p2.predict(enc))
+    path = tmp_path / "p.safetensors"
+    pred.save(path)
+    loaded = AccuracyPredictor.load(path)
+    assert loaded.encoding == "onehot" and loaded.metrics["val_rmse_pp"] == pytest.approx(m["val_rmse_pp"])
+    np.testing.assert_allclose(loaded.predict(enc), pred.predict(enc))
+
+
+def test_kendall_tau():
+    assert kendall_tau([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_dataset_builder_resumes(tmp_path):
+    spec = get_spec("ofa_mbv3_cifar10")
+    calls = []
+
+    def ev(net, cfg):
+        calls.append(cfg)
+        return 0.5 + 0.01 * sum(cfg.d)
+
+    out = tmp_path / "rows.jsonl"
+    enc, acc = build_predictor_dataset(None, spec, 6, ev, out, rng=3, progress=False)
+    assert len(acc) == 6 and len(calls) == 6
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])   # interrupted mid-write
+    enc2, acc2 = build_predictor_dataset(None, spec, 6, ev, out, rng=3, progress=False)
+    assert len(calls) == 8 and len(acc2) == 6
+    np.testing.assert_array_equal(np.sort(acc2), np.sort(acc))
+    with pytest.raises(PredictorError):
+        build_predictor_dataset(None, spec, 2, lambda n, c: 80.0, tmp_path / "x.jsonl", rng=0, progress=False)

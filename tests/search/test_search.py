@@ -1,0 +1,83 @@
+import threading
+
+import numpy as np
+import pytest
+
+from ofa_core.search import (Constraints, Efficiency, InfeasibleError, SearchCancelled, evolutionary_search,
+                             pareto_search)
+
+
+@pytest.fixture(scope="module")
+def setup(note10, published_predictor):
+    spec = note10.spec
+    eff = Efficiency(spec, latency_ms=note10,
+                     params=lambda enc: note10.predict(enc) * 1e5)   # a stand-in additive cost callable
+    return spec, eff, published_predictor
+
+
+def test_constraint_respected_and_deterministic(setup):
+    spec, eff, pred = setup
+    a = evolutionary_search(spec, pred, eff, {"latency_ms": 20}, generations=30, seed=3)
+    b = evolutionary_search(spec, pred, eff, Constraints(latency_ms=20), generations=30, seed=3)
+    assert a.latency_ms <= 20 and a.predicted_acc > 0.78
+    np.testing.assert_array_equal(a.enc, b.enc)
+    assert a.predicted_acc == b.predicted_acc and a.generations == 30
+    assert a.config.to_dict()["r"] in spec.resolutions
+
+
+def test_infeasible_raises_at_once_with_minima(setup, note10):
+    spec, eff, pred = setup
+    import time
+    t0 = time.perf_counter()
+    with pytest.raises(InfeasibleError) as ei:
+        evolutionary_search(spec, pred, eff, {"latency_ms": 5, "params": 1e5}, generations=500)
+    assert time.perf_counter() - t0 < 5
+    assert ei.value.minima["latency_ms"] == pytest.approx(note10.minimum()[0])
+    assert ei.value.minima["params"] == pytest.approx(note10.minimum()[0] * 1e5)
+    with pytest.raises(InfeasibleError) as ei:
+        evolutionary_search(spec, pred, eff, {"latency_ms": 12, "min_accuracy": 0.9}, generations=50)
+    assert 0.7 < ei.value.minima["min_accuracy"] < 0.9
+
+
+def test_accuracy_floor_minimises_latency(setup):
+    spec, eff, pred = setup
+    r = evolutionary_search(spec, pred, eff, {"min_accuracy": 0.79}, generations=30, seed=0)
+    assert r.predicted_acc >= 0.79 and r.objective == "latency_ms"
+    assert r.latency_ms < 25
+
+
+def test_tight_budget_bounded(setup, note10):
+    spec, eff, pred = setup
+    v = note10.minimum()[0]
+    r = evolutionary_search(spec, pred, eff, {"latency_ms": v + 0.05}, generations=10, seed=0)
+    assert r.latency_ms <= v + 0.05
+
+
+def test_progress_and_cancel(setup):
+    spec, eff, pred = setup
+    seen = []
+    evolutionary_search(spec, pred, eff, {"latency_ms": 25}, generations=5, progress=lambda *a: seen.append(a))
+    assert [s[0] for s in seen] == list(range(5)) and all(s[2] <= 25 for s in seen)
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(SearchCancelled):
+        evolutionary_search(spec, pred, eff, {"latency_ms": 25}, generations=5, should_stop=ev)
+    calls = []
+    with pytest.raises(SearchCancelled) as ei:
+        evolutionary_search(spec, pred, eff, {"latency_ms": 25}, generations=50,
+                            should_stop=lambda: calls.append(1) or len(calls) > 3)
+    assert ei.value.generation == 3
+
+
+def test_pareto_lookup_consistent(setup):
+    spec, eff, pred = setup
+    front = pareto_search(spec, pred, eff, 10, 60, generations=40, seed=0, polish_rounds=1)
+    assert len(front) > 10
+    assert np.all(np.diff(front.values) >= 0) and np.all(np.diff(front.acc) > 0)
+    np.testing.assert_allclose(eff.fns["latency_ms"](front.enc), front.values)
+    for b in (15, 25, 40):
+        r = front.lookup(b)
+        assert r.latency_ms <= b
+        ok = front.values <= b
+        assert r.predicted_acc == pytest.approx(front.acc[ok].max())
+    assert front.lookup(5) is None
