@@ -167,7 +167,8 @@ class ProgressiveShrinkingTrainer:
         payload = {"state_dict": self.net.state_dict(), "state": dict(self.state),
                    "optimizer": optimizer.state_dict() if optimizer is not None else {},
                    "teacher": self.teacher.state_dict() if self.teacher is not None else {},
-                   "config": json.dumps(self.cfg.to_json()), "spec": self.spec.name}
+                   "config": json.dumps(self.cfg.to_json()), "spec": self.spec.name,
+                   "torch_rng": torch.get_rng_state()}
         tmp = self.ckpt_path + ".tmp"
         torch.save(payload, tmp)
         os.replace(tmp, self.ckpt_path)
@@ -180,6 +181,8 @@ class ProgressiveShrinkingTrainer:
             raise ValueError(f"{self.ckpt_path} is for supernet {payload.get('spec')}, not {self.spec.name}")
         self.net.load_state_dict(payload["state_dict"])
         self.state = dict(payload["state"])
+        if "torch_rng" in payload:
+            torch.set_rng_state(payload["torch_rng"].cpu())
         if payload["teacher"]:
             self.teacher = copy.deepcopy(self.net)
             self.teacher.load_state_dict(payload["teacher"])
@@ -194,15 +197,21 @@ class ProgressiveShrinkingTrainer:
             self.log_fn(record)
 
     # -- the loop ------------------------------------------------------------------------------------
-    def run(self, resume: bool = True) -> dict:
+    def run(self, resume: bool = True, max_steps: int | None = None) -> dict:
+        """Train to the end (or stop after `max_steps` optimizer steps in this call, checkpointed, so that a
+        later `run()` resumes exactly where this one stopped)."""
         payload = self.try_resume() if resume else None
+        if payload is None:
+            torch.manual_seed(self.cfg.seed)          # dropout draws; restored from the checkpoint on resume
+        self._budget = max_steps
         cfg = self.cfg
         t_start = time.time() - self.state["elapsed_s"]
         while self.state["phase"] < len(cfg.phases):
             pi = self.state["phase"]
             phase = cfg.phases[pi]
             total = max(1, int(round(phase.epochs * self.steps_per_epoch)))
-            if self.state["step"] == 0 and payload is None:
+            if self.state.get("initialised_phase", -1) < pi:
+                self.state["initialised_phase"] = pi
                 if phase.sort_channels:
                     self.net.sort_channels()
                 if phase.distill and self.teacher is None and cfg.kd_ratio > 0:
@@ -215,6 +224,9 @@ class ProgressiveShrinkingTrainer:
             payload = None
             self._run_phase(pi, phase, total, opt, t_start)
             self.state["elapsed_s"] = time.time() - t_start
+            if self.state["step"] < total:          # stopped by max_steps
+                self.save(opt)
+                return dict(self.state)
             self.log({"event": "phase_end", "phase": phase.name, "elapsed_s": round(self.state["elapsed_s"], 1),
                       **self.phase_eval()})
             self.state.update(phase=pi + 1, step=0)
@@ -247,6 +259,8 @@ class ProgressiveShrinkingTrainer:
         t_last, imgs = time.time(), 0
         net.train()
         while step < total:
+            if self._budget is not None and self._budget <= 0:
+                break
             try:
                 x, y = next(batches)
             except StopIteration:
@@ -275,6 +289,8 @@ class ProgressiveShrinkingTrainer:
                 loss.backward()
                 loss_sum += loss.item()
             opt.step()
+            if self._budget is not None:
+                self._budget -= 1
             step += 1
             self.state["step"] = step
             imgs += x.shape[0]
