@@ -1,0 +1,210 @@
+"""The whole recipe for a pretrained default supernet, resumable step by step:
+
+1. progressive-shrinking training (`ofa_core.training`), 2. the predictor data set (sub-networks measured on the
+hold-out split after BN recalibration), 3. the accuracy predictor, 4. test-set accuracy of the largest, the
+smallest and 8 probe sub-networks, 5. artifacts (supernet weights and predictor as safetensors) and a model card.
+
+    python -m ofa_core.recipe --data ../shared/data/cifar10/cifar10-jpeg.tar.gz --run runs/cifar10 \
+        --assets ofa_core/assets
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .data import holdout_split, load_dataset
+from .predictor import build_predictor_dataset, train_predictor
+from .spec import SubnetConfig, SupernetSpec, get_spec
+from .training import ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet, progressive_shrinking_phases
+
+
+def probe_configs(spec: SupernetSpec, r: int) -> list[tuple[str, SubnetConfig]]:
+    """2 depths x 2 expand ratios x 2 kernel sizes (min/max of each), uniform over blocks."""
+    out = []
+    for d, e, k in itertools.product((min(spec.depth_list), max(spec.depth_list)),
+                                     (min(spec.expand_list), max(spec.expand_list)),
+                                     (min(spec.ks_list), max(spec.ks_list))):
+        out.append((f"d{d}-e{e}-k{k}", SubnetConfig.create(spec, [k] * spec.n_blocks, [e] * spec.n_blocks,
+                                                          [d] * spec.n_stages, r)))
+    return out
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def save_supernet(net: torch.nn.Module, spec: SupernetSpec, path: str, extra: dict) -> None:
+    sd = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    meta = {"format": "ofa-supernet", "supernet": spec.name, "version": spec.version,
+            **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in extra.items()}}
+    tmp = path + ".tmp"
+    save_file(sd, tmp, metadata=meta)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m ofa_core.recipe", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--supernet", default="ofa_mbv3_cifar10")
+    p.add_argument("--run", required=True, help="run directory (training checkpoint, logs, predictor data)")
+    p.add_argument("--assets", required=True, help="where the artifacts and MODEL_CARD.md are written")
+    p.add_argument("--scale", type=float, default=0.5)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--holdout", type=int, default=5000)
+    p.add_argument("--predictor-subnets", type=int, default=300)
+    p.add_argument("--bn-images", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ablation-json", default=None, help="shrinking ablation results to include in the card")
+    p.add_argument("--cache-dir", default="data/cache")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    spec = get_spec(a.supernet)
+    os.makedirs(a.assets, exist_ok=True)
+    timings = {}
+    splits = load_dataset(a.data, cache_dir=a.cache_dir, progress=not a.no_progress)
+    train, hold = holdout_split(splits["train"], a.holdout, seed=a.seed)
+    test = splits["test"]
+
+    # 1. training (resumes from the run directory)
+    cfg = TrainConfig(phases=progressive_shrinking_phases(spec, a.scale, a.lr), batch_size=a.batch_size,
+                      seed=a.seed, threads=a.threads)
+    trainer = ProgressiveShrinkingTrainer(spec, cfg, train, hold, a.run, progress=not a.no_progress)
+    state = trainer.run(resume=True)
+    timings["training_s"] = round(state["elapsed_s"], 1)
+    net = trainer.net.cpu().eval()
+    phase_log = [json.loads(line) for line in open(os.path.join(a.run, "log.jsonl"))]
+
+    # 2. predictor data set on the hold-out split
+    t = time.time()
+    data_path = os.path.join(a.run, "predictor_data.jsonl")
+    enc, acc = build_predictor_dataset(
+        net, spec, a.predictor_subnets, lambda n, c: evaluate_subnet(n, c, train, hold, a.bn_images), data_path,
+        rng=a.seed, resume=True, progress=not a.no_progress)
+    timings["predictor_data_s_this_call"] = round(time.time() - t, 1)
+    timings["predictor_data_s_total"] = round(sum(json.loads(l)["seconds"] for l in open(data_path)), 1)
+
+    # 3. predictor
+    t = time.time()
+    predictor, metrics = train_predictor(enc, acc, spec, encoding="onehot", val_fraction=0.2, epochs=500,
+                                         batch_size=256, seed=a.seed)
+    timings["predictor_train_s"] = round(time.time() - t, 1)
+
+    # 4. test-set accuracy (BN recalibrated on training images, no per-sub-network fine-tuning)
+    t = time.time()
+    r = max(spec.resolutions)
+    test_acc = {"largest": evaluate_subnet(net, spec.max_config(r), train, test, a.bn_images),
+                "smallest": evaluate_subnet(net, spec.min_config(min(spec.resolutions)), train, test, a.bn_images),
+                "smallest@max_r": evaluate_subnet(net, spec.min_config(r), train, test, a.bn_images)}
+    probes = {name: evaluate_subnet(net, c, train, test, a.bn_images) for name, c in probe_configs(spec, r)}
+    timings["test_eval_s"] = round(time.time() - t, 1)
+    net.set_max()
+
+    # 5. artifacts
+    weights = os.path.join(a.assets, f"{spec.name}.safetensors")
+    pred_path = os.path.join(a.assets, f"{spec.name}_predictor.safetensors")
+    save_supernet(net, spec, weights, {"test_acc": test_acc, "recipe": "progressive shrinking"})
+    predictor.save(pred_path)
+    report = {"supernet": spec.name, "spec": spec.to_dict(), "train_images": len(train), "holdout_images": len(hold),
+              "test_images": len(test), "train_config": cfg.to_json(), "phase_log": phase_log,
+              "test_acc": test_acc, "probe_test_acc": probes, "predictor_metrics": metrics,
+              "predictor_subnets": int(len(acc)), "timings": timings,
+              "machine": {"cpu": cpu_model(), "threads": a.threads, "torch": torch.__version__,
+                          "python": platform.python_version()},
+              "files": {os.path.basename(pth): {"sha256": sha256_file(pth), "bytes": os.path.getsize(pth)}
+                        for pth in (weights, pred_path)}}
+    if a.ablation_json and os.path.exists(a.ablation_json):
+        report["ablation"] = json.load(open(a.ablation_json))
+    with open(os.path.join(a.assets, f"{spec.name}.report.json"), "w") as fh:
+        json.dump(report, fh, indent=2)
+    with open(os.path.join(a.assets, "MODEL_CARD.md"), "w") as fh:
+        fh.write(model_card(report))
+    print(json.dumps({"test_acc": test_acc, "predictor": metrics, "timings": timings}, indent=2))
+    return report
+
+
+def model_card(rep: dict) -> str:
+    pct = lambda v: f"{100 * v:.2f}%"
+    L = [f"# Model card: `{rep['supernet']}`", "",
+         "The project's default pretrained OFA supernet, trained by this repository's own progressive-shrinking "
+         "command (`python -m ofa_core.recipe`). Sub-networks are cut out of it without retraining.", "",
+         "## Data", "",
+         f"CIFAR-10 (32x32 JPEG re-encodes): {rep['train_images']} training images for training, "
+         f"{rep['holdout_images']} training images held out (BN recalibration checks and the predictor data set), "
+         f"{rep['test_images']} test images for the figures below. Elastic resolution "
+         f"{rep['spec']['resolutions']}.", "",
+         "## Space", "",
+         f"ks {rep['spec']['ks_list']}, e {rep['spec']['expand_list']}, d {rep['spec']['depth_list']}, "
+         f"{rep['spec']['n_blocks']} elastic blocks in {rep['spec']['n_stages']} stages, width multiplier "
+         f"{rep['spec']['width_mult']}.", "",
+         "## Recipe", "", "| phase | epochs | lr | sub-networks/step | held-out acc largest | smallest | elapsed s |",
+         "|---|---|---|---|---|---|---|"]
+    for ph, log in zip(rep["train_config"]["phases"], rep["phase_log"][-len(rep["train_config"]["phases"]):]):
+        L.append(f"| {ph['name']} | {ph['epochs']:g} | {ph['lr']:g} | {ph['n_subnets']} | "
+                 f"{pct(log['acc_largest'])} | {pct(log['acc_smallest'])} | {log['elapsed_s']} |")
+    L += ["", f"Batch {rep['train_config']['batch_size']}, SGD nesterov momentum 0.9, wd "
+          f"{rep['train_config']['weight_decay']} (none on BN/bias), cosine lr per phase, label smoothing "
+          f"{rep['train_config']['label_smoothing']}, KD ratio {rep['train_config']['kd_ratio']} from the full "
+          "network (phases after the first). Held-out accuracies above use the first 2,000 hold-out images at "
+          "the largest resolution after BN recalibration.", "",
+          "## Machine and wall time", "",
+          f"{rep['machine']['cpu']}, {rep['machine']['threads']} torch thread(s), torch {rep['machine']['torch']}, "
+          f"Python {rep['machine']['python']}; shared with other work while training.", "",
+          "| step | seconds |", "|---|---|"]
+    L += [f"| {k} | {v} |" for k, v in rep["timings"].items()]
+    ta = rep["test_acc"]
+    L += ["", "## Test accuracy (10,000 test images, BN recalibrated, no fine-tuning)", "",
+          f"- largest sub-network (ks 7, e 6, d 4, r 32): **{pct(ta['largest'])}**",
+          f"- smallest sub-network (ks 3, e 3, d 2, r {min(rep['spec']['resolutions'])}): **{pct(ta['smallest'])}**",
+          f"- smallest sub-network at r 32: {pct(ta['smallest@max_r'])}", "",
+          "| probe (d-e-k, r 32) | test accuracy |", "|---|---|"]
+    L += [f"| {k} | {pct(v)} |" for k, v in rep["probe_test_acc"].items()]
+    m = rep["predictor_metrics"]
+    L += ["", "## Accuracy predictor", "",
+          f"MLP {m.get('encoding')} encoding, trained on {m['n_train']} and validated on {m['n_val']} of "
+          f"{rep['predictor_subnets']} sub-networks measured on the hold-out split: held-out RMSE "
+          f"**{m['val_rmse_pp']:.3f} pp**, Kendall tau **{m['val_kendall_tau']:.3f}** (train RMSE "
+          f"{m['train_rmse_pp']:.3f} pp, tau {m['train_kendall_tau']:.3f}).", ""]
+    if "ablation" in rep:
+        ab = rep["ablation"]
+        L += ["## Does progressive shrinking help? (small-scale ablation)", "",
+              f"{ab['train_images']} training images, {ab['steps']} steps each, held-out accuracy "
+              f"({ab['holdout_images']} images) after BN recalibration.", "",
+              "| sub-network (d-e-k) | progressive shrinking | one-shot | difference (pp) |", "|---|---|---|---|"]
+        for k in ab["acc"]["progressive"]:
+            a1, a2 = ab["acc"]["progressive"][k], ab["acc"]["one-shot"][k]
+            L.append(f"| {k} | {pct(a1)} | {pct(a2)} | {100 * (a1 - a2):+.2f} |")
+        L.append("")
+    L += ["## Files", "", "| file | bytes | sha256 |", "|---|---|---|"]
+    L += [f"| {k} | {v['bytes']} | `{v['sha256']}` |" for k, v in rep["files"].items()]
+    return "\n".join(L) + "\n"
+
+
+if __name__ == "__main__":
+    main()
