@@ -23,7 +23,8 @@ def test_recipe_end_to_end_on_tiny_data(tmp_path):
     assets = tmp_path / "assets"
     rep = recipe.main(["--data", root, "--supernet", TINY_R.name, "--run", str(tmp_path / "run"),
                        "--assets", str(assets), "--scale", "0.1", "--batch-size", "6", "--holdout", "6",
-                       "--predictor-subnets", "12", "--bn-images", "12", "--no-progress"])
+                       "--predictor-subnets", "12", "--bn-images", "12", "--no-progress",
+                       "--cache-dir", str(tmp_path / "cache")])
     w = assets / f"{TINY_R.name}.safetensors"
     p = assets / f"{TINY_R.name}_predictor.safetensors"
     card = (assets / "MODEL_CARD.md").read_text()
@@ -42,6 +43,7 @@ def test_recipe_end_to_end_on_tiny_data(tmp_path):
     # a second call resumes everything: no new training steps, no re-measured sub-networks
     rep2 = recipe.main(["--data", root, "--supernet", TINY_R.name, "--run", str(tmp_path / "run"),
                         "--assets", str(assets), "--scale", "0.1", "--batch-size", "6", "--holdout", "6",
-                        "--predictor-subnets", "12", "--bn-images", "12", "--no-progress"])
+                        "--predictor-subnets", "12", "--bn-images", "12", "--no-progress",
+                       "--cache-dir", str(tmp_path / "cache")])
     assert rep2["timings"]["training_s"] == rep["timings"]["training_s"]
     assert len([l for l in open(tmp_path / "run" / "predictor_data.jsonl")]) == 12
