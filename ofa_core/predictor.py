@@ -66,6 +66,24 @@ class AccuracyPredictor:
         self._nk, self._ne = len(self.spec.ks_list), len(self.spec.expand_list)
         self._kbase = np.arange(B) * self._nk
         self._ebase = B * self._nk + np.arange(B) * self._ne
+        # fast path (see `predict_codes`): block code = ki * n_e + ei, or n_k * n_e for a skipped block
+        self.n_codes = self._nk * self._ne + 1
+        self._code_lut = np.full(((max(self.spec.ks_list) + 1) * (max(self.spec.expand_list) + 1)), -1, np.int64)
+        self._emul = max(self.spec.expand_list) + 1
+        for ki, k in enumerate(self.spec.ks_list):
+            for ei, e in enumerate(self.spec.expand_list):
+                self._code_lut[k * self._emul + e] = ki * self._ne + ei
+        self._code_base = np.arange(B) * self.n_codes
+        self._stage_cols = 2 * B + np.repeat(np.arange(self.spec.n_stages), self.spec.max_depth)
+        self._pos = np.tile(np.arange(self.spec.max_depth), self.spec.n_stages)
+        if encoding == "published":
+            self._res_row = np.full(112 + 16 * PUBLISHED_RES_SLOTS, -1, np.int64)
+            self._res_row[112:] = B * self.n_codes + np.arange(16 * PUBLISHED_RES_SLOTS) // 16
+        else:
+            self._res_row = np.where(self._res_idx >= 0, B * self.n_codes + self._res_idx, -1)
+        self._fast: tuple | None = None
+        self._fast_sig: tuple | None = None
+        self._offsets, self._offsets_w = torch.zeros(0, dtype=torch.int64), 0
 
     # -- encoding -----------------------------------------------------------------------------------
     @property
@@ -112,25 +130,128 @@ class AccuracyPredictor:
         return feats
 
     # -- prediction ---------------------------------------------------------------------------------
-    def predict(self, enc: np.ndarray, batch_size: int = 65536) -> np.ndarray:
-        """Predicted accuracy (0..1) of each encoded config, (N,) float64."""
-        feats = self.features(enc)
-        out = np.empty(len(feats), dtype=np.float64)
-        # Small batches (the search's 100-row generations) run fastest single-threaded: thread hand-offs cost more
+    def codes(self, enc: np.ndarray) -> np.ndarray:
+        """(N, enc_width) encoded configs -> (N, n_blocks) block codes (ki * n_e + ei; n_k * n_e if skipped)."""
+        spec = self.spec
+        B, S = spec.n_blocks, spec.n_stages
+        enc = np.asarray(enc)
+        if enc.ndim == 1:
+            enc = enc[None]
+        if enc.ndim != 2 or enc.shape[1] != spec.enc_width:
+            raise PredictorError(f"expected encoded configs of width {spec.enc_width}, got {enc.shape}")
+        ks, ev = enc[:, :B], enc[:, B:2 * B]
+        if len(enc) and (ks.min() < 0 or ev.min() < 0 or ks.max() > max(spec.ks_list) or ev.max() >= self._emul):
+            raise PredictorError("kernel size or expand ratio outside the supernet's lists")
+        code = self._code_lut[ks * self._emul + ev]
+        act = self._pos < enc[:, self._stage_cols]
+        if (code[act] < 0).any():
+            raise PredictorError("kernel size or expand ratio outside the supernet's lists")
+        return np.where(act, code, self.n_codes - 1)
+
+    def _fast_weights(self) -> tuple | None:
+        """The MLP as (first-layer row table, bias, [(weight, bias)] of the later layers), refreshed whenever a
+        parameter changes (torch's in-place version counters); None for a model that is not the plain MLP."""
+        if self._fast_sig is not None and self._fast_sig[0] is self.model:
+            if tuple(p._version for p in self._fast_sig[1]) == self._fast_sig[2]:
+                return self._fast
+        params = list(self.model.parameters())
+        sig = (self.model, params, tuple(p._version for p in params))
+        fast = None
+        mods = list(self.model) if isinstance(self.model, nn.Sequential) else []
+        linear = mods[0::2]
+        if (len(mods) % 2 == 1 and all(isinstance(m, nn.Linear) and m.bias is not None for m in linear)
+                and all(isinstance(m, nn.ReLU) for m in mods[1::2]) and linear[0].in_features == self.n_features
+                and linear[-1].out_features == 1):
+            with torch.no_grad():
+                w1 = linear[0].weight.detach().float()                # (H, n_features)
+                B, nk, ne = self.spec.n_blocks, self._nk, self._ne
+                kcols = w1[:, :B * nk].T.reshape(B, nk, 1, -1)
+                ecols = w1[:, B * nk:B * (nk + ne)].T.reshape(B, 1, ne, -1)
+                blocks = torch.zeros(B, self.n_codes, w1.shape[0])
+                blocks[:, :nk * ne] = (kcols + ecols).reshape(B, nk * ne, -1)   # ks and e column of each combo
+                table = torch.cat([blocks.reshape(B * self.n_codes, -1), w1[:, B * (nk + ne):].T]).contiguous()
+                rest = [(m.weight.detach().float().T.contiguous(), m.bias.detach().float().clone())
+                        for m in linear[1:]]
+                fast = (table, linear[0].bias.detach().float().clone(), rest)
+        self._fast, self._fast_sig = fast, sig
+        return fast
+
+    def predict_codes(self, codes: np.ndarray, r: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+        """Predicted accuracy from block codes (see `codes`) and resolutions, (N,) float64.
+
+        The first layer on one-hot inputs is a gather-and-sum of weight columns: each block contributes the sum of
+        its ks and e columns (precomputed per combination, a zero row when skipped), plus the resolution column and
+        the bias; the later layers run as plain float32 matmuls. Equal to the torch MLP on `features` to float32
+        rounding. Falls back to the module for a non-standard model.
+        """
+        codes = np.asarray(codes)
+        r = np.asarray(r).reshape(-1)
+        if len(r) and (r.min() < 0 or r.max() >= len(self._res_row) or (self._res_row[r] < 0).any()):
+            raise PredictorError(f"resolution not supported by the predictor ({list(self.spec.resolutions)})")
+        fast = self._fast_weights()
+        n = len(r)
+        out = np.empty(n, dtype=np.float64)
+        # Small batches (the search's generations) run fastest single-threaded: thread hand-offs cost more
         # than the tiny matmuls, and far more on a busy host. Large batches keep torch's thread count.
         n_threads = torch.get_num_threads()
-        single = len(feats) <= self.single_thread_rows and n_threads > 1
+        single = n <= self.single_thread_rows and n_threads > 1
         if single:
             torch.set_num_threads(1)
         try:
             with torch.no_grad():
-                for s in range(0, len(feats), batch_size):
-                    x = torch.from_numpy(feats[s:s + batch_size])
-                    out[s:s + batch_size] = self.model(x).view(-1).double().numpy()
+                for s in range(0, n, batch_size):
+                    c, rr = codes[s:s + batch_size], r[s:s + batch_size]
+                    if fast is None:
+                        x = torch.from_numpy(self._features_from_codes(c, rr))
+                        out[s:s + batch_size] = self.model(x).view(-1).double().numpy()
+                        continue
+                    table, b1, rest = fast
+                    m, w = len(rr), c.shape[1] + 1
+                    idx = np.empty((m, w), dtype=np.int64)
+                    np.add(c, self._code_base, out=idx[:, :-1])
+                    idx[:, -1] = self._res_row[rr]
+                    if len(self._offsets) < m or self._offsets_w != w:
+                        self._offsets, self._offsets_w = torch.arange(0, max(m, 128) * w, w), w
+                    h = torch.nn.functional.embedding_bag(torch.from_numpy(idx.reshape(-1)), table,
+                                                          self._offsets[:m], mode="sum")
+                    h.add_(b1).relu_()
+                    for i, (w, b) in enumerate(rest):
+                        h = torch.addmm(b, h, w)
+                        if i < len(rest) - 1:
+                            h.relu_()
+                    out[s:s + batch_size] = h.view(-1).numpy()
         finally:
             if single:
                 torch.set_num_threads(n_threads)
         return out
+
+    def _features_from_codes(self, codes: np.ndarray, r: np.ndarray) -> np.ndarray:
+        n, B = codes.shape
+        feats = np.zeros((n, self.n_features), dtype=np.float32)
+        rows, blk = np.nonzero(codes < self.n_codes - 1)
+        cc = codes[rows, blk]
+        feats[rows, self._kbase[blk] + cc // self._ne] = 1.0
+        feats[rows, self._ebase[blk] + cc % self._ne] = 1.0
+        feats[np.arange(n), self._res_row[r] - B * self.n_codes + B * (self._nk + self._ne)] = 1.0
+        return feats
+
+    def predict(self, enc: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+        """Predicted accuracy (0..1) of each encoded config, (N,) float64 (fast path: `predict_codes`)."""
+        enc = np.asarray(enc)
+        if enc.ndim == 1:
+            enc = enc[None]
+        codes = self.codes(enc)
+        r = enc[:, -1]
+        if self.encoding == "published":
+            slot = (r - 112) // 16
+            if (slot < 0).any() or (slot >= PUBLISHED_RES_SLOTS).any():
+                raise PredictorError("resolution outside the published predictor's 8 slots")
+        return self.predict_codes(codes, r, batch_size=batch_size)
+
+    def predict_mlp(self, enc: np.ndarray) -> np.ndarray:
+        """The plain torch MLP on one-hot `features` (the reference the fast path is checked against)."""
+        with torch.no_grad():
+            return self.model(torch.from_numpy(self.features(enc))).view(-1).double().numpy()
 
     __call__ = predict
 

@@ -209,6 +209,7 @@ class _Space:
         bad = [int(r) for r in self.rs if r not in spec.resolutions]
         if bad:
             raise ValueError(f"resolutions {bad} are not supported by {spec.name}")
+        self._op_tables()
 
     def sample(self, n: int, rng: np.random.Generator, skew: bool = False) -> np.ndarray:
         """n random configs; with skew, each row leans towards small values by a random amount (more feasible
@@ -227,23 +228,43 @@ class _Space:
         enc[:, -1] = pick(self.rs, (n, 1))[:, 0]
         return enc
 
-    def mutate(self, parents: np.ndarray, n: int, rng: np.random.Generator, p: float, p_res: float) -> np.ndarray:
+    def _op_tables(self) -> None:
         B, S = self.B, self.S
-        c = parents[rng.integers(0, len(parents), size=n)].copy()
-        m = rng.random((n, B)) < p                                   # ks and e resampled together per block
-        c[:, :B] = np.where(m, self.ks[rng.integers(0, len(self.ks), size=(n, B))], c[:, :B])
-        c[:, B:2 * B] = np.where(m, self.es[rng.integers(0, len(self.es), size=(n, B))], c[:, B:2 * B])
-        md = rng.random((n, S)) < p                                  # depth per stage
-        c[:, 2 * B:2 * B + S] = np.where(md, self.ds[rng.integers(0, len(self.ds), size=(n, S))], c[:, 2 * B:2 * B + S])
-        mr = rng.random(n) < p_res                                   # resolution
-        c[:, -1] = np.where(mr, self.rs[rng.integers(0, len(self.rs), size=n)], c[:, -1])
-        return c
+        W = 2 * B + S + 1
+        groups = [self.ks] * B + [self.es] * B + [self.ds] * S + [self.rs]
+        width = max(len(g) for g in groups)
+        vals = np.zeros((W, width), dtype=np.int32)
+        for c, g in enumerate(groups):
+            vals[c, :len(g)] = g
+        self._vals_flat = vals.ravel()
+        self._col_off = np.arange(W) * width
+        self._n_choice = np.asarray([len(g) for g in groups], dtype=np.float32)
+        self._mask_col = np.concatenate([np.arange(B), np.arange(B), B + np.arange(S), [B + S]])
+
+    def mutate(self, parents: np.ndarray, n: int, rng: np.random.Generator, p: float, p_res: float) -> np.ndarray:
+        """n mutants of random parents: each block's (ks, e) is resampled together with prob p, each stage's depth
+        with prob p, the resolution with prob p_res. One uniform draw per gene; no Python per candidate."""
+        B, S = self.B, self.S
+        W = parents.shape[1]
+        u = rng.random((n, 2 * W + B + S + 2), dtype=np.float32)
+        pidx = (u[:, 0] * len(parents)).astype(np.intp)
+        np.minimum(pidx, len(parents) - 1, out=pidx)
+        masks = u[:, 1:B + S + 2]
+        thr = np.full(B + S + 1, p, dtype=np.float32)
+        thr[-1] = p_res
+        m = (masks < thr)[:, self._mask_col]
+        choice = (u[:, B + S + 2:B + S + 2 + W] * self._n_choice).astype(np.intp)
+        np.minimum(choice, (self._n_choice - 1).astype(np.intp), out=choice)
+        new = self._vals_flat[choice + self._col_off]
+        return np.where(m, new, parents[pidx])
 
     def crossover(self, parents: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-        i1 = rng.integers(0, len(parents), size=n)
-        i2 = rng.integers(0, len(parents), size=n)
-        m = rng.random((n, parents.shape[1])) < 0.5                  # uniform crossover, gene by gene
-        return np.where(m, parents[i1], parents[i2]).astype(np.int32)
+        """n uniform crossovers of two random parents, gene by gene."""
+        W = parents.shape[1]
+        u = rng.random((n, W + 2), dtype=np.float32)
+        idx = (u[:, :2] * len(parents)).astype(np.intp)
+        np.minimum(idx, len(parents) - 1, out=idx)
+        return np.where(u[:, 2:] < 0.5, parents[idx[:, 0]], parents[idx[:, 1]])
 
     def neighbours(self, row: np.ndarray) -> np.ndarray:
         """Every config one gene-group away from `row`: one active block's (ks, e), one stage's depth, or r."""
@@ -267,9 +288,15 @@ class _Space:
 
 
 class _Problem:
-    """Evaluates candidates: efficiency metrics, feasibility, predicted accuracy and the fitness to maximise."""
+    """Evaluates candidates: efficiency metrics, feasibility, predicted accuracy and the fitness to maximise.
 
-    def __init__(self, spec, predictor, efficiency: Efficiency, constraints: Constraints, objective: str):
+    Works on block codes (ki * n_e + ei per block, n_k * n_e for a block skipped by depth): a latency table is
+    summed directly from them (the same gather as `LatencyTable.predict`, without re-validating what the genetic
+    operators produce), they key the accuracy cache (canonical: equal sub-networks share a key), and an
+    `AccuracyPredictor` takes them directly (`predict_codes`)."""
+
+    def __init__(self, spec, predictor, efficiency: Efficiency, constraints: Constraints, objective: str,
+                 resolutions: Sequence[int] | None = None):
         self.spec, self.predictor, self.eff = spec, predictor, efficiency
         self.limits = constraints.limits()
         self.min_acc = constraints.min_accuracy
@@ -281,43 +308,96 @@ class _Problem:
             needed.append("latency_ms")                  # cheap, reported in progress
         self.metric_names = needed
         self._cache: dict[bytes, float] = {}
+        B, S = spec.n_blocks, spec.n_stages
+        ks, es = list(spec.ks_list), list(spec.expand_list)
+        self.B, self.n_codes = B, len(ks) * len(es) + 1
+        self._emul = max(es) + 1
+        self._lut = np.zeros((max(ks) + 1) * self._emul, dtype=np.intp)
+        for ki, k in enumerate(ks):
+            for ei, e in enumerate(es):
+                self._lut[k * self._emul + e] = ki * len(es) + ei
+        self._stage_cols = 2 * B + np.repeat(np.arange(S), spec.max_depth)
+        self._pos = np.tile(np.arange(spec.max_depth), S)
+        self._rcode = np.zeros(max(spec.resolutions) + 1, dtype=np.uint8)
+        self._rcode[np.asarray(spec.resolutions)] = np.arange(len(spec.resolutions))
+        res = list(resolutions) if resolutions is not None else list(spec.resolutions)
+        t = efficiency.latency_table
+        self._lat = None
+        if (t is not None and hasattr(t, "_flat") and list(t.spec.ks_list) == ks and list(t.spec.expand_list) == es
+                and t.spec.n_blocks == B and all(r in t.tables for r in res)):
+            roff = np.zeros(max(t.resolutions) + 1, dtype=np.intp)
+            fix = np.zeros(max(t.resolutions) + 1)
+            for ri, r in enumerate(t.resolutions):
+                roff[r], fix[r] = ri * B * (t._n_combo + 1), t.fixed_lat[ri]
+            self._lat = (t._flat, roff, fix, np.arange(B) * (t._n_combo + 1))
+        ps = getattr(predictor, "spec", None)
+        self._pred_codes = (predictor.predict_codes if hasattr(predictor, "predict_codes") and ps is not None
+                            and list(ps.ks_list) == ks and list(ps.expand_list) == es and ps.n_blocks == B
+                            and ps.n_stages == S else None)
 
-    def accuracy(self, enc: np.ndarray) -> np.ndarray:
+    def codes(self, enc: np.ndarray) -> np.ndarray:
+        B = self.B
+        combo = self._lut[enc[:, :B] * self._emul + enc[:, B:2 * B]]
+        return np.where(self._pos < enc[:, self._stage_cols], combo, self.n_codes - 1)
+
+    def keys(self, enc: np.ndarray, codes: np.ndarray) -> list[bytes]:
+        k = np.empty((len(enc), self.B + 1), dtype=np.uint8)
+        k[:, :-1] = codes
+        k[:, -1] = self._rcode[enc[:, -1]]
+        return k.view(f"V{self.B + 1}").ravel().tolist()
+
+    def metrics(self, enc: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for name in self.metric_names:
+            if name == "latency_ms" and self._lat is not None:
+                flat, roff, fix, boff = self._lat
+                r = enc[:, -1]
+                out[name] = fix[r] + flat[codes + boff + roff[r][:, None]].sum(axis=1)
+            else:
+                out[name] = np.asarray(self.eff.fns[name](enc), dtype=np.float64).reshape(-1)
+        return out
+
+    def accuracy(self, enc: np.ndarray, codes: np.ndarray | None = None, keys: list[bytes] | None = None
+                 ) -> np.ndarray:
         """Predicted accuracy with a cache keyed by the canonical config: duplicates (frequent once the population
         converges) are predicted once, and one predictor call covers all new rows."""
-        canon = canonicalize_encoded(self.spec, enc)
-        keys = [row.tobytes() for row in canon]
-        out = np.empty(len(enc))
-        new: dict[bytes, int] = {}
-        for i, k in enumerate(keys):
-            v = self._cache.get(k)
-            if v is None:
-                new.setdefault(k, len(new))
-                out[i] = np.nan
+        if codes is None:
+            codes = self.codes(enc)
+        if keys is None:
+            keys = self.keys(enc, codes)
+        cache = self._cache
+        vals = [cache.get(k) for k in keys]
+        miss = [i for i, v in enumerate(vals) if v is None]
+        if miss:
+            first: dict[bytes, int] = {}
+            for i in miss:
+                first.setdefault(keys[i], i)
+            rows = np.fromiter(first.values(), dtype=np.intp, count=len(first))
+            if self._pred_codes is not None:
+                new = self._pred_codes(codes[rows], enc[rows, -1])
             else:
-                out[i] = v
-        if new:
-            first = {}
-            for i, k in enumerate(keys):
-                if k in new and k not in first:
-                    first[k] = i
-            rows = np.asarray([first[k] for k in new])
-            vals = np.asarray(self.predictor.predict(canon[rows]), dtype=np.float64)
-            if len(self._cache) > 2_000_000:
-                self._cache.clear()
-            for k, v in zip(new, vals):
-                self._cache[k] = float(v)
-            for i, k in enumerate(keys):
-                if k in new:
-                    out[i] = self._cache[k]
-        return out
+                new = self.predictor.predict(canonicalize_encoded(self.spec, enc[rows]))
+            if len(cache) > 2_000_000:
+                cache.clear()
+            cache.update(zip(first, np.asarray(new, dtype=np.float64).reshape(-1).tolist()))
+            for i in miss:
+                vals[i] = cache[keys[i]]
+        return np.asarray(vals, dtype=np.float64)
+
+    def feasible(self, metrics: dict[str, np.ndarray]) -> np.ndarray:
+        ok = None
+        for name, lim in self.limits.items():
+            ok = metrics[name] <= lim if ok is None else ok & (metrics[name] <= lim)
+        return np.ones(len(next(iter(metrics.values()))) if metrics else 0, dtype=bool) if ok is None else ok
 
     def evaluate(self, enc: np.ndarray, need: int | None = None, predict: bool = True
                  ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """-> (feasible mask, metrics, acc (nan where not computed), fitness (-inf where infeasible)).
 
         With `need` (and no accuracy floor), only the first `need` feasible rows are kept and predicted."""
-        metrics = self.eff.evaluate(enc, self.metric_names)
+        enc = np.asarray(enc, dtype=np.int32)
+        codes = self.codes(enc)
+        metrics = self.metrics(enc, codes)
         ok = np.ones(len(enc), dtype=bool)
         for name, lim in self.limits.items():
             ok &= metrics[name] <= lim
@@ -325,7 +405,7 @@ class _Problem:
             ok[np.nonzero(ok)[0][need:]] = False
         acc = np.full(len(enc), np.nan)
         if ok.any() and (predict or self.min_acc is not None):
-            acc[ok] = self.accuracy(enc[ok])
+            acc[ok] = self.accuracy(enc[ok], codes[ok])
         if self.min_acc is not None:
             ok &= np.nan_to_num(acc, nan=-np.inf) >= self.min_acc
         fit = np.full(len(enc), -np.inf)
@@ -419,14 +499,15 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
                         mutation_ratio: float = 0.5, mutate_prob: float = 0.1, resolution_mutate_prob: float = 0.5,
                         resolutions: Sequence[int] | None = None, seed: int | np.random.Generator = 0,
                         oversample: int = 4, max_attempts: int = 25, polish_steps: int = 20,
-                        objective: str | None = None, dedup_parents: bool = True,
+                        objective: str | None = None, dedup_parents: bool = True, init_pool: int = 5,
                         progress: Callable[[int, float, float], None] | None = None,
                         should_stop: Any = None, _check: bool = True) -> SearchResult:
     """Maximise predicted accuracy subject to `constraints` (published defaults: population 100, 500 generations,
     parents 25, 50 mutants + 50 uniform crossovers per generation, mutation prob 0.1 per gene, r 0.5).
 
     With `constraints.min_accuracy` set, minimises `objective` (default: latency if available, else the first
-    constrained metric) subject to accuracy >= floor and the other limits. After the generations, a bounded greedy
+    constrained metric) subject to accuracy >= floor and the other limits. The initial population is the best
+    `population_size` of `init_pool * population_size` feasible samples. After the generations, a bounded greedy
     polish tries every one-gene change of the best config (`polish_steps` rounds, 0 to disable).
     Raises `InfeasibleError` at once for an impossible request, `SearchCancelled` when `should_stop` (a callable or
     a threading.Event) fires. Deterministic for a given integer seed.
@@ -459,15 +540,18 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
             raise InfeasibleError({"min_accuracy": pre.predicted_acc}, cons.to_dict())
         seeds.append(pre.enc)
 
-    problem = _Problem(spec, predictor, efficiency, cons, objective)
+    problem = _Problem(spec, predictor, efficiency, cons, objective, space.rs.tolist())
     n_par = max(1, int(round(parent_ratio * population_size)))
     n_mut = int(round(mutation_ratio * population_size))
     n_cross = population_size - n_mut
 
     # initial population: half uniform (as published), half leaning small, plus known-feasible seeds
+    # (with init_pool > 1: the best population_size of init_pool * population_size feasible samples)
     pop, _ = _feasible_batch(problem, lambda m: np.concatenate([space.sample(m // 2, rng),
                                                                 space.sample(m - m // 2, rng, skew=True)]),
-                             population_size, oversample, max_attempts)
+                             population_size * max(1, init_pool), oversample, max_attempts)
+    if pop is not None and len(pop) > population_size:
+        pop = pop.take(np.argsort(-pop.fit, kind="stable")[:population_size])
     if seeds:
         s_enc = np.stack(seeds).astype(np.int32)
         ok, metrics, acc, fit = problem.evaluate(s_enc)
@@ -484,37 +568,81 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
             pop = _Pop.cat([pop, more])
 
     history: list[float] = []
-    gen = 0
+    enc, acc, fit, mets = pop.enc.astype(np.int32), pop.acc, pop.fit, pop.metrics
+    keys = problem.keys(enc, problem.codes(enc))
+    rate = [1.0 / max(oversample, 1)] * 2                # running feasible share of mutants / crossovers
     for gen in range(generations):
         if _stop_requested(should_stop):
             raise SearchCancelled(gen)
-        order = np.argsort(-pop.fit, kind="stable")
+        order = np.argsort(-fit, kind="stable").tolist()
         if dedup_parents:                    # distinct parents keep diversity (duplicates add nothing)
-            canon = canonicalize_encoded(spec, pop.enc[order])
-            _, first = np.unique(canon, axis=0, return_index=True)
-            uniq = order[np.sort(first)]
-            order = np.concatenate([uniq, order[~np.isin(np.arange(len(order)), np.sort(first))]])
-        parents = pop.take(order[:n_par])
-        history.append(float(parents.fit[0]))
+            seen: set[bytes] = set()
+            sel, dup = [], []
+            for i in order:
+                if keys[i] in seen:
+                    dup.append(i)
+                    continue
+                seen.add(keys[i])
+                sel.append(i)
+                if len(sel) == n_par:
+                    break
+            sel = (sel + dup)[:n_par]
+        else:
+            sel = order[:n_par]
+        sel_a = np.asarray(sel, dtype=np.intp)
+        p_enc, p_acc, p_fit = enc[sel_a], acc[sel_a], fit[sel_a]
+        p_met = {k: v[sel_a] for k, v in mets.items()}
+        history.append(float(p_fit[0]))
         if progress is not None:
-            lat = parents.metrics.get("latency_ms")
-            progress(gen, float(parents.acc[0]), float(lat[0]) if lat is not None else float("nan"))
-        kids = [parents]
-        for make, n in ((lambda m: space.mutate(parents.enc, m, rng, mutate_prob, resolution_mutate_prob), n_mut),
-                        (lambda m: space.crossover(parents.enc, m, rng), n_cross)):
-            got, _ = _feasible_batch(problem, make, n, oversample, max_attempts, predict=False)
-            have = 0 if got is None else len(got)
-            if got is not None:
-                kids.append(got)
+            lat = p_met.get("latency_ms")
+            progress(gen, float(p_acc[0]), float(lat[0]) if lat is not None else float("nan"))
+
+        # children: one batch of mutants + crossovers, rejection-sampled against the limits (sized by the share
+        # that was feasible lately); a short batch is topped up by further bounded rounds, then parent copies
+        sizes = [min(n * oversample, max(n, math.ceil((n + 2 * math.sqrt(n)) / max(r_, 1e-3))))
+                 for n, r_ in ((n_mut, rate[0]), (n_cross, rate[1]))]
+        cand = np.concatenate([space.mutate(p_enc, sizes[0], rng, mutate_prob, resolution_mutate_prob),
+                               space.crossover(p_enc, sizes[1], rng)])
+        c_codes = problem.codes(cand)
+        c_met = problem.metrics(cand, c_codes)
+        ok = problem.feasible(c_met)
+        if problem.min_acc is not None and ok.any():
+            c_acc = np.full(len(cand), -np.inf)
+            c_acc[ok] = problem.accuracy(cand[ok], c_codes[ok])
+            ok &= c_acc >= problem.min_acc
+        k_enc, k_met, k_cod = [], [], []
+        for j, (lo, hi, n) in enumerate(((0, sizes[0], n_mut), (sizes[0], len(cand), n_cross))):
+            okj = ok[lo:hi]
+            rate[j] = 0.7 * rate[j] + 0.3 * float(np.count_nonzero(okj)) / max(hi - lo, 1)
+            idx = lo + np.flatnonzero(okj)[:n]
+            k_enc.append(cand[idx])
+            k_cod.append(c_codes[idx])
+            k_met.append({k: v[idx] for k, v in c_met.items()})
+            have = len(idx)
+            if have < n and max_attempts > 1:
+                make = ((lambda m: space.mutate(p_enc, m, rng, mutate_prob, resolution_mutate_prob)) if j == 0
+                        else (lambda m: space.crossover(p_enc, m, rng)))
+                got, _ = _feasible_batch(problem, make, n - have, oversample, max_attempts - 1, predict=False)
+                if got is not None:
+                    k_enc.append(got.enc)
+                    k_cod.append(problem.codes(got.enc))
+                    k_met.append(got.metrics)
+                    have += len(got)
             if have < n:                      # fallback: feasible parents fill the quota; never loops
-                kids.append(parents.take(rng.integers(0, len(parents), size=n - have)))
-        pop = _Pop.cat(kids)
-        if problem.min_acc is None:          # one (cached) predictor call for all new children
-            todo = np.isnan(pop.acc)
-            if todo.any():
-                pop.acc[todo] = problem.accuracy(pop.enc[todo])
-            if problem.objective == "accuracy":
-                pop.fit = pop.acc.copy()
+                idx = rng.integers(0, len(p_enc), size=n - have)
+                k_enc.append(p_enc[idx])
+                k_cod.append(problem.codes(p_enc[idx]))
+                k_met.append({k: v[idx] for k, v in p_met.items()})
+        kids = np.concatenate(k_enc)
+        k_codes = np.concatenate(k_cod)
+        k_keys = problem.keys(kids, k_codes)
+        k_acc = problem.accuracy(kids, k_codes, k_keys)          # one (cached) predictor call for all new children
+        enc = np.concatenate([p_enc, kids])
+        acc = np.concatenate([p_acc, k_acc])
+        keys = [keys[i] for i in sel] + k_keys
+        mets = {k: np.concatenate([p_met[k]] + [m[k] for m in k_met]) for k in p_met}
+        fit = acc if problem.objective == "accuracy" else -mets[problem.objective]
+    pop = _Pop(enc, mets, acc, fit)
     gens_run = generations
 
     order = np.argsort(-pop.fit, kind="stable")
@@ -617,7 +745,7 @@ def pareto_search(spec: SupernetSpec, predictor: Any, efficiency: Efficiency, lo
     lims[metric] = min(float(high), lims.get(metric, math.inf))
     cons_all = Constraints(**lims, min_accuracy=cons.min_accuracy)
     seeds = _check_feasible(spec, predictor, efficiency, Constraints(**lims), space, 0)
-    problem = _Problem(spec, predictor, efficiency, cons_all, "accuracy")
+    problem = _Problem(spec, predictor, efficiency, cons_all, "accuracy", space.rs.tolist())
     width = (high - low) / n_bins
     W = spec.enc_width
     a_enc = np.zeros((n_bins, W), dtype=np.int32)

@@ -68,3 +68,30 @@ def test_dataset_builder_resumes(tmp_path):
     np.testing.assert_array_equal(np.sort(acc2), np.sort(acc))
     with pytest.raises(PredictorError):
         build_predictor_dataset(None, spec, 2, lambda n, c: 80.0, tmp_path / "x.jsonl", rng=0, progress=False)
+
+
+def test_fast_path_matches_plain_mlp(published_predictor):
+    """The gather-and-sum first layer + float32 matmuls equal the torch MLP on one-hot features."""
+    pred = published_predictor
+    spec = pred.spec
+    enc = spec.sample_encoded(3000, np.random.default_rng(1))
+    np.testing.assert_allclose(pred.predict(enc), pred.predict_mlp(enc), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(pred.predict(enc), pred.predict_codes(pred.codes(enc), enc[:, -1]))
+    # skipped blocks carry the skip code whatever their genes say
+    c = pred.codes(spec.min_config(160).encode()[None])[0]
+    assert (c == pred.n_codes - 1).sum() == 10
+    with pytest.raises(PredictorError):
+        pred.predict_codes(pred.codes(enc[:2]), np.array([100, 160]))
+
+
+def test_fast_path_follows_weight_updates():
+    spec = get_spec("ofa_mbv3_cifar10")
+    pred = AccuracyPredictor(spec)
+    enc = spec.sample_encoded(50, np.random.default_rng(0))
+    a = pred.predict(enc)
+    import torch
+    with torch.no_grad():
+        pred.model[0].weight.mul_(2.0)       # in-place change: the cached fast weights must refresh
+    b = pred.predict(enc)
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(b, pred.predict_mlp(enc), atol=1e-6)

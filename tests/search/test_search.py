@@ -81,3 +81,32 @@ def test_pareto_lookup_consistent(setup):
         ok = front.values <= b
         assert r.predicted_acc == pytest.approx(front.acc[ok].max())
     assert front.lookup(5) is None
+
+
+def test_operators_valid_and_fast_latency_exact(setup, note10):
+    from ofa_core.search import _Problem, _Space
+    from ofa_core.spec import validate_encoded
+    spec, eff, pred = setup
+    space = _Space(spec, None)
+    rng = np.random.default_rng(0)
+    par = spec.sample_encoded(25, rng)
+    kids = np.concatenate([space.mutate(par, 500, rng, 0.1, 0.5), space.crossover(par, 500, rng)])
+    validate_encoded(spec, kids)
+    prob = _Problem(spec, pred, eff, Constraints(latency_ms=20), "accuracy")
+    codes = prob.codes(kids)
+    np.testing.assert_array_equal(prob.metrics(kids, codes)["latency_ms"], note10.predict(kids))
+    np.testing.assert_array_equal(prob.accuracy(kids), pred.predict(kids))
+    # canonical keys: equal sub-networks (differing only in skipped blocks) share a key
+    from ofa_core.spec import canonicalize_encoded
+    canon = canonicalize_encoded(spec, kids)
+    assert prob.keys(kids, codes) == prob.keys(canon, prob.codes(canon))
+
+
+def test_init_pool_and_determinism_with_generator(setup):
+    spec, eff, pred = setup
+    a = evolutionary_search(spec, pred, eff, {"latency_ms": 25}, generations=20, seed=np.random.default_rng(5))
+    b = evolutionary_search(spec, pred, eff, {"latency_ms": 25}, generations=20, seed=np.random.default_rng(5))
+    c = evolutionary_search(spec, pred, eff, {"latency_ms": 25}, generations=20, seed=5, init_pool=1)
+    np.testing.assert_array_equal(a.enc, b.enc)
+    assert a.history == b.history and a.latency_ms <= 25 and c.latency_ms <= 25
+    assert all(np.diff(a.history) >= 0)
