@@ -1,4 +1,3 @@
-import time
 
 import numpy as np
 import pytest
@@ -113,13 +112,12 @@ def test_single_and_batch_agree_and_masking():
         model.macs(np.full((1, spec.enc_width), 2))
 
 
-def test_vectorized_speed():
+def test_vectorized_100k_batch():
     spec = get_spec(SPECS[0])
     model = CostModel(spec)
     enc = spec.sample_encoded(100_000, np.random.default_rng(0))
     model.all(enc[:100])
-    t = time.perf_counter()
-    out = model.all(enc)
-    dt = time.perf_counter() - t
+    out = model.all(enc)     # speed is shown by bench/bench_core.py, not asserted here
     assert out["macs"].shape == (100_000,) and out["macs"].dtype == np.int64
-    assert dt < 2.0, dt  # target <= 1 s; slack for a loaded CI machine
+    idx = np.arange(0, 100_000, 9973)
+    np.testing.assert_array_equal(out["macs"][idx], model.macs(enc[idx]))
