@@ -8,7 +8,6 @@ held-out split after BN recalibration. Prints a table and writes JSON. Reports w
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import time
@@ -17,20 +16,10 @@ import numpy as np
 import torch
 
 from ofa_core.data import holdout_split, load_dataset
-from ofa_core.spec import SubnetConfig, get_spec
+from ofa_core.recipe import probe_configs
+from ofa_core.spec import get_spec
 from ofa_core.training import (ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet, one_shot_phases,
                                progressive_shrinking_phases)
-
-
-def probe_configs(spec, r):
-    """The 8 probe sub-networks: depth {min,max} x expand {min,max} x kernel {min,max}, uniform per block."""
-    out = []
-    for d, e, k in itertools.product((min(spec.depth_list), max(spec.depth_list)),
-                                     (min(spec.expand_list), max(spec.expand_list)),
-                                     (min(spec.ks_list), max(spec.ks_list))):
-        out.append(((d, e, k), SubnetConfig.create(spec, [k] * spec.n_blocks, [e] * spec.n_blocks,
-                                                   [d] * spec.n_stages, r)))
-    return out
 
 
 def run(args) -> dict:
@@ -59,7 +48,7 @@ def run(args) -> dict:
         results["wall_s"][name] = round(time.time() - t, 1)
         results["acc"][name] = {}
         for key, c in probe_configs(spec, max(spec.resolutions)):
-            results["acc"][name]["d%d-e%d-k%d" % key] = evaluate_subnet(tr.net, c, train, hold, args.bn_images)
+            results["acc"][name][key] = evaluate_subnet(tr.net, c, train, hold, args.bn_images)
     return results
 
 
