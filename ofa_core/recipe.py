@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from .data import holdout_split, load_dataset
+from .profiler import host_environment
 from .predictor import build_predictor_dataset, train_predictor
 from .spec import SubnetConfig, SupernetSpec, get_spec
 from .training import ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet, progressive_shrinking_phases
@@ -44,17 +45,6 @@ def sha256_file(path: str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def save_supernet(net: torch.nn.Module, spec: SupernetSpec, path: str, extra: dict) -> None:
@@ -135,7 +125,7 @@ def main(argv=None) -> dict:
               "test_images": len(test), "train_config": cfg.to_json(), "phase_log": phase_log,
               "test_acc": test_acc, "probe_test_acc": probes, "predictor_metrics": metrics,
               "predictor_subnets": int(len(acc)), "timings": timings,
-              "machine": {"cpu": cpu_model(), "threads": a.threads, "torch": torch.__version__,
+              "machine": {"cpu": host_environment(a.threads)["cpu_model"], "threads": a.threads, "torch": torch.__version__,
                           "python": platform.python_version()},
               "files": {os.path.basename(pth): {"sha256": sha256_file(pth), "bytes": os.path.getsize(pth)}
                         for pth in (weights, pred_path)}}
