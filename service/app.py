@@ -1,0 +1,72 @@
+"""FastAPI application factory."""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from service.db.session import Database
+from service.errors import install_error_handlers
+from service.logging import configure_logging
+from service.metrics import LATENCY, REQUESTS
+from service.settings import Settings, get_settings
+from service.supernets.store import SupernetStore
+
+log = logging.getLogger("ofa.api")
+
+DESCRIPTION = """Specialize Once-for-All sub-networks for devices: give a device's latency table and constraints,
+get the most accurate sub-network (predicted) and download its weights. Writes need an API key
+(`X-API-Key` header, created with `ofa create-api-key`)."""
+
+
+def create_app(settings: Settings | None = None, store: SupernetStore | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if not app.state.store.loaded:
+            app.state.store.load()
+        try:
+            app.state.store.sync_db(app.state.db)
+        except Exception:
+            log.exception("could not record supernets (is the database migrated? run `ofa migrate`)")
+        yield
+        app.state.db.dispose()
+
+    app = FastAPI(title="OFA specialization service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.db = Database(settings.database_url)
+    app.state.store = store or SupernetStore(settings)
+    from workers.celery_app import make_celery
+    app.state.celery = make_celery(settings)
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        dt = time.perf_counter() - t0
+        REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        LATENCY.labels(request.method, path).observe(dt)
+        if path not in ("/metrics", "/healthz"):
+            log.info("request", extra={"method": request.method, "path": request.url.path, "route": path,
+                                       "status": response.status_code, "ms": round(dt * 1000, 2)})
+        return response
+
+    from service.devices.endpoints import router as devices
+    from service.health import router as health
+    from service.jobs.endpoints import router as jobs
+    from service.subnets.endpoints import router as subnets
+    from service.supernets.endpoints import router as supernets
+    for r in (health, jobs, devices, subnets, supernets):
+        app.include_router(r)
+    return app
+
+
+def app_factory() -> FastAPI:  # uvicorn --factory service.app:app_factory
+    return create_app()

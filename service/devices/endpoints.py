@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import yaml
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import ValidationError
+
+from service.auth.service import ApiKeyDep
+from service.db.session import SessionDep
+from service.deps import CeleryDep, SettingsDep, StoreDep
+from service.engine import tables as T
+from service.errors import MalformedTable, PayloadTooLarge, ValidationFailed
+from service.jobs import queue as Q
+from . import repository as repo
+from . import service
+from .schemas import DeviceOut, DevicePage, TimingsIn
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+TABLE_BODY = {"requestBody": {"content": {
+    "application/yaml": {"schema": {"type": "string"}, "example": "Conv-input:32x32x3-output:16x16x8:\n  count: 10\n  mean: 0.05\n  std: 0.001\n..."},
+    "application/json": {"schema": {"type": "object"}, "example": {"resolutions": {"32": {"Conv-input:32x32x3-output:16x16x8": {"count": 10, "mean": 0.05, "std": 0.001}}}}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "name": {"type": "string"}, "supernet": {"type": "string"}, "description": {"type": "string"}}}}}}}
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    cl = request.headers.get("content-length")
+    if cl and cl.isdigit() and int(cl) > limit:
+        raise PayloadTooLarge(int(cl), limit)
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise PayloadTooLarge(len(buf), limit)
+    return bytes(buf)
+
+
+def _fmt(content_type: str, fmt: str | None, filename: str | None = None) -> str | None:
+    if fmt:
+        return fmt
+    if "json" in content_type or (filename or "").endswith(".json"):
+        return "json"
+    if "yaml" in content_type or (filename or "").endswith((".yaml", ".yml")):
+        return "yaml"
+    return None
+
+
+async def _table_docs(request: Request, limit: int, fmt: str | None) -> tuple[list, dict]:
+    """(docs, form fields) from a raw YAML/JSON body or a multipart upload of one or more files."""
+    ct = request.headers.get("content-type", "")
+    if ct.startswith("multipart/form-data"):
+        cl = request.headers.get("content-length")
+        if cl and cl.isdigit() and int(cl) > limit:
+            raise PayloadTooLarge(int(cl), limit)
+        form = await request.form(max_part_size=limit)
+        docs, fields, total = [], {}, 0
+        for key, value in form.multi_items():
+            if hasattr(value, "read"):
+                data = await value.read()
+                total += len(data)
+                if total > limit:
+                    raise PayloadTooLarge(total, limit)
+                docs.append((data, _fmt(value.content_type or "", fmt, value.filename), value.filename))
+            else:
+                fields[key] = value
+        if not docs:
+            raise ValidationFailed("file", "no table file in the upload")
+        return docs, fields
+    data = await _read_limited(request, limit)
+    if not data.strip():
+        raise ValidationFailed("body", "empty body; send the table as YAML or JSON")
+    return [(data, _fmt(ct, fmt), None)], {}
+
+
+def _enqueue_front(request: Request, device_id: int, table_id: int, supernet: str) -> None:
+    settings = request.app.state.settings
+    try:
+        Q.publish(request.app.state.celery, settings.task_queue, Q.COMPUTE_FRONT, [device_id, table_id, supernet],
+                  settings.broker_publish_timeout_s)
+    except Exception:
+        pass  # the table is committed; the front can be recomputed later (ofa CLI / next change)
+
+
+@router.get("", response_model=DevicePage)
+def list_devices(s: SessionDep, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+                 supernet: str | None = None, q: str | None = Query(None, description="name contains"),
+                 kind: str | None = Query(None, description="uploaded | calibrated | profiled")):
+    rows, total = repo.list_devices(s, offset, limit, supernet, q, kind)
+    return DevicePage(items=[service.device_out(s, d) for d in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{name}", response_model=DeviceOut)
+def get_device(name: str, s: SessionDep):
+    return service.device_out(s, service.get_device(s, name), detail=True)
+
+
+@router.get("/{name}/latency-table", response_class=PlainTextResponse,
+            responses={200: {"content": {"application/yaml": {}, "application/json": {}}}})
+def get_table(name: str, s: SessionDep, format: Literal["yaml", "json"] = "yaml", version: int | None = None):
+    d = service.get_device(s, name)
+    t = repo.table_version(s, d, version) if version else repo.current_table(s, d)
+    if t is None:
+        raise ValidationFailed("version", f"device {name!r} has no table version {version}")
+    text = T.dump(repo.load_entries(s, t.id), format)
+    return PlainTextResponse(text, media_type="application/json" if format == "json" else "application/yaml",
+                             headers={"ETag": f'"{t.sha256}"', "X-Table-Version": str(t.version)})
+
+
+@router.post("", status_code=201, response_model=DeviceOut, openapi_extra=TABLE_BODY)
+async def create_device(request: Request, s: SessionDep, store: StoreDep, settings: SettingsDep, _key: ApiKeyDep,
+                        name: str | None = None, supernet: str | None = None, description: str = "",
+                        format: Literal["yaml", "json"] | None = None):
+    """Register a device with its latency table: raw YAML/JSON body (query `name`, `supernet`) or multipart
+    with one `<r>_lookup_table.yaml` file per resolution (form fields `name`, `supernet`, `description`)."""
+    docs, fields = await _table_docs(request, settings.max_table_bytes, format)
+    name = fields.get("name") or name
+    if not name:
+        raise ValidationFailed("name", "missing device name")
+    supernet = fields.get("supernet") or supernet or settings.default_supernet
+    table = service.parse_upload(store, supernet, docs)
+    d, t = service.create_device(s, store, name, supernet, fields.get("description", description), table)
+    _enqueue_front(request, d.id, t.id, supernet)
+    return service.device_out(s, d, detail=True)
+
+
+@router.put("/{name}", response_model=DeviceOut, openapi_extra=TABLE_BODY)
+async def new_version(name: str, request: Request, s: SessionDep, store: StoreDep, settings: SettingsDep,
+                      _key: ApiKeyDep, description: str | None = None, format: Literal["yaml", "json"] | None = None):
+    """Upload a new table version; jobs already created keep the version they were created with."""
+    d = service.get_device(s, name)
+    docs, fields = await _table_docs(request, settings.max_table_bytes, format)
+    table = service.parse_upload(store, d.supernet.name, docs)
+    t = service.add_version(s, d, table, "uploaded", {}, fields.get("description", description))
+    _enqueue_front(request, d.id, t.id, d.supernet.name)
+    return service.device_out(s, d, detail=True)
+
+
+@router.post("/{name}/timings", response_model=DeviceOut, status_code=201)
+async def timings(name: str, request: Request, s: SessionDep, store: StoreDep, settings: SettingsDep,
+                  _key: ApiKeyDep):
+    """Whole-network timings `{"timings": [{"config": {...}, "latency_ms": x}, ...]}` -> a calibrated version."""
+    data = await _read_limited(request, settings.max_timings_bytes)
+    d = service.get_device(s, name)
+    try:
+        doc = json.loads(data) if data.lstrip().startswith(b"{") else yaml.safe_load(data)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        line = getattr(e, "lineno", None) or (getattr(getattr(e, "problem_mark", None), "line", -1) + 1 or None)
+        raise MalformedTable(f"timings do not parse: {e}", line=line) from None
+    try:
+        body = TimingsIn.model_validate(doc)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValidationFailed(".".join(str(p) for p in err["loc"]) or "body", err["msg"]) from None
+    table, prov = service.calibrate(store, s, d, [t.model_dump() for t in body.timings])
+    t = service.add_version(s, d, table, "calibrated", prov, body.description)
+    _enqueue_front(request, d.id, t.id, d.supernet.name)
+    return service.device_out(s, d, detail=True)

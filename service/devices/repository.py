@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from service.db.models import Device, LatencyEntry, LatencyTable, ParetoFront, Supernet
+from service.engine.tables import Table
+
+
+def get_by_name(s: Session, name: str) -> Device | None:
+    return s.scalar(select(Device).where(Device.name == name))
+
+
+def get(s: Session, device_id: int) -> Device | None:
+    return s.get(Device, device_id)
+
+
+def list_devices(s: Session, offset: int, limit: int, supernet: str | None, q: str | None, kind: str | None
+                 ) -> tuple[list[Device], int]:
+    stmt = select(Device).join(Supernet, Device.supernet_id == Supernet.id)
+    if supernet:
+        stmt = stmt.where(Supernet.name == supernet)
+    if q:
+        stmt = stmt.where(Device.name.contains(q, autoescape=True))
+    if kind:
+        stmt = stmt.where(Device.kind == kind)
+    total = s.scalar(select(func.count()).select_from(stmt.subquery()))
+    rows = list(s.scalars(stmt.order_by(Device.name).offset(offset).limit(limit)))
+    return rows, int(total or 0)
+
+
+def create(s: Session, name: str, supernet_id: int, description: str, kind: str) -> Device:
+    d = Device(name=name, supernet_id=supernet_id, description=description, kind=kind, current_version=0)
+    s.add(d)
+    s.flush()
+    return d
+
+
+def add_table(s: Session, device: Device, table: Table, source: str, provenance: dict[str, Any], sha: str
+              ) -> LatencyTable:
+    """A new table version, one row per operator; the device's current version moves to it."""
+    version = (s.scalar(select(func.max(LatencyTable.version)).where(LatencyTable.device_id == device.id)) or 0) + 1
+    row = LatencyTable(device_id=device.id, version=version, source=source, provenance=provenance, sha256=sha,
+                       n_entries=sum(len(t) for t in table.values()), resolutions=sorted(table))
+    s.add(row)
+    s.flush()
+    s.execute(insert(LatencyEntry), [
+        {"table_id": row.id, "resolution": r, "key": k, "count": c, "mean": m, "std": sd}
+        for r, t in table.items() for k, (c, m, sd) in t.items()])
+    device.current_version = version
+    s.flush()
+    return row
+
+
+def current_table(s: Session, device: Device) -> LatencyTable | None:
+    return s.scalar(select(LatencyTable).where(LatencyTable.device_id == device.id,
+                                               LatencyTable.version == device.current_version))
+
+
+def table_version(s: Session, device: Device, version: int) -> LatencyTable | None:
+    return s.scalar(select(LatencyTable).where(LatencyTable.device_id == device.id, LatencyTable.version == version))
+
+
+def versions(s: Session, device: Device) -> list[LatencyTable]:
+    return list(s.scalars(select(LatencyTable).where(LatencyTable.device_id == device.id)
+                          .order_by(LatencyTable.version)))
+
+
+def load_entries(s: Session, table_id: int) -> Table:
+    out: Table = {}
+    for r, k, c, m, sd in s.execute(select(LatencyEntry.resolution, LatencyEntry.key, LatencyEntry.count,
+                                           LatencyEntry.mean, LatencyEntry.std)
+                                    .where(LatencyEntry.table_id == table_id)):
+        out.setdefault(int(r), {})[k] = (int(c), float(m), float(sd))
+    return out
+
+
+def front_for(s: Session, supernet_id: int, table_id: int) -> ParetoFront | None:
+    return s.scalar(select(ParetoFront).where(ParetoFront.supernet_id == supernet_id,
+                                              ParetoFront.table_id == table_id))
+
+
+def save_front(s: Session, supernet_id: int, supernet_version: str, device_id: int, table_id: int,
+               points: list[dict[str, Any]]) -> ParetoFront:
+    row = ParetoFront(supernet_id=supernet_id, supernet_version=supernet_version, device_id=device_id,
+                      table_id=table_id, points=points)
+    s.add(row)
+    s.flush()
+    return row

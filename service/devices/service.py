@@ -1,0 +1,128 @@
+"""Devices and their versioned latency tables."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ofa_core.spec import ConfigError, SubnetConfig
+from service.engine import tables as T
+from service.engine.adapter import validate_table
+from service.errors import DeviceExists, DeviceNotFound, MalformedTable, SupernetNotFound, ValidationFailed
+from service.supernets import repository as supernet_repo
+from service.supernets.store import SupernetStore
+from . import repository as repo
+from .schemas import DeviceOut, TableVersion
+
+log = logging.getLogger("ofa.devices")
+
+
+def parse_upload(store: SupernetStore, supernet: str, docs: list[tuple[bytes, str | None, str | None]]) -> T.Table:
+    """docs: (bytes, format, filename). Raises MalformedTable naming the key or line."""
+    eng = store.get(supernet)
+    try:
+        table = T.merge([T.parse_document(data, fmt, fn) for data, fmt, fn in docs])
+        validate_table(eng.spec, table)
+    except T.TableError as e:
+        raise MalformedTable(e.message, key=e.key, line=e.line) from None
+    except UnicodeDecodeError:
+        raise MalformedTable("the table is not UTF-8 text") from None
+    return table
+
+
+def get_device(s: Session, name: str):
+    d = repo.get_by_name(s, name)
+    if d is None:
+        raise DeviceNotFound(name)
+    return d
+
+
+def _supernet_row(s: Session, store: SupernetStore, name: str):
+    store.get(name)
+    row = supernet_repo.get_by_name(s, name)
+    if row is None:
+        raise SupernetNotFound(name, sorted(store.engines))
+    return row
+
+
+def create_device(s: Session, store: SupernetStore, name: str, supernet: str, description: str, table: T.Table,
+                  kind: str = "uploaded", source: str = "uploaded", provenance: dict | None = None):
+    """Create device + table version 1 in one transaction (commits); returns (device, table row)."""
+    if not name or len(name) > 128 or any(c in name for c in "/?#% "):
+        raise ValidationFailed("name", "a device name is 1-128 characters without / ? # % or spaces")
+    sn = _supernet_row(s, store, supernet)
+    if repo.get_by_name(s, name) is not None:
+        raise DeviceExists(name)
+    try:
+        d = repo.create(s, name, sn.id, description, kind)
+        t = repo.add_table(s, d, table, source, provenance or {}, T.table_sha256(table))
+        s.commit()
+    except IntegrityError:
+        s.rollback()
+        raise DeviceExists(name) from None
+    return d, t
+
+
+def add_version(s: Session, device, table: T.Table, source: str, provenance: dict | None = None,
+                description: str | None = None):
+    if description is not None:
+        device.description = description
+    t = repo.add_table(s, device, table, source, provenance or {}, T.table_sha256(table))
+    s.commit()
+    return t
+
+
+def calibrate(store: SupernetStore, s: Session, device, timings: list[dict[str, Any]]) -> tuple[T.Table, dict]:
+    """Whole-network timings -> a calibrated table (ofa_core.calibrate when present, else one scale factor)."""
+    eng = store.get(device.supernet.name)
+    current = repo.current_table(s, device)
+    table = repo.load_entries(s, current.id)
+    cfgs = []
+    for i, t in enumerate(timings):
+        try:
+            cfgs.append(SubnetConfig.from_dict(eng.spec, t["config"]))
+        except ConfigError as e:
+            raise ValidationFailed(f"timings[{i}].config.{e.field}", e.message) from None
+        if cfgs[-1].r not in table:
+            raise ValidationFailed(f"timings[{i}].config.r", f"resolution {cfgs[-1].r} is not in the device's table "
+                                   f"({sorted(table)})")
+    measured = np.array([float(t["latency_ms"]) for t in timings])
+    lat = eng.latency_model(("table", current.id), lambda: table)
+    predicted = lat(np.stack([c.encode() for c in cfgs]))
+    try:
+        from ofa_core import calibrate as cal  # type: ignore
+        fit = getattr(cal, "calibrate_table", None)
+    except ImportError:
+        fit = None
+    if fit is not None:
+        try:
+            from ofa_core.latency import LatencyTable
+            core = LatencyTable(eng.spec, {r: {k: {"count": c, "mean": m, "std": sd} for k, (c, m, sd) in t.items()}
+                                           for r, t in table.items()})
+            res = fit(core, np.stack([c.encode() for c in cfgs]), measured)
+            new_core = res[0] if isinstance(res, tuple) else res
+            new = {int(r): {k: (e.count, e.mean, e.std) for k, e in t.items()} for r, t in new_core.tables.items()}
+            return new, {"method": "ofa_core.calibrate", "n_timings": len(cfgs), "based_on_version": current.version}
+        except Exception:
+            log.warning("ofa_core.calibrate failed; using the scale-factor fit", exc_info=True)
+    scale = float(np.dot(predicted, measured) / max(np.dot(predicted, predicted), 1e-12))
+    new = {r: {k: (c, m * scale, sd * scale) for k, (c, m, sd) in t.items()} for r, t in table.items()}
+    rel = np.abs(predicted * scale - measured) / measured
+    return new, {"method": "least-squares scale", "scale": scale, "n_timings": len(cfgs),
+                 "mean_rel_error_after": float(rel.mean()), "based_on_version": current.version}
+
+
+def device_out(s: Session, d, detail: bool = False) -> DeviceOut:
+    out = DeviceOut(name=d.name, description=d.description, kind=d.kind, supernet=d.supernet.name,
+                    current_version=d.current_version, created_at=d.created_at, updated_at=d.updated_at)
+    if detail:
+        out.versions = [TableVersion(version=t.version, source=t.source, sha256=t.sha256, n_entries=t.n_entries,
+                                     resolutions=t.resolutions, provenance=t.provenance, created_at=t.created_at)
+                        for t in repo.versions(s, d)]
+        cur = repo.current_table(s, d)
+        front = repo.front_for(s, d.supernet_id, cur.id) if cur else None
+        out.pareto_front = front.points if front else None
+    return out

@@ -1,0 +1,57 @@
+"""The one settings object of the service. Every value comes from the environment (prefix ``OFA_``).
+
+Embedded defaults need no external service: SQLite under ``./var/`` and a serverless kombu transport
+(SQLAlchemy over a SQLite file) as the Celery broker. Production sets ``OFA_DATABASE_URL`` to PostgreSQL and
+``OFA_BROKER_URL`` (and optionally ``OFA_REDIS_URL`` for progress pub/sub) to Redis.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VAR_DIR = os.environ.get("OFA_VAR_DIR", "./var")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OFA_", extra="ignore")
+
+    var_dir: str = VAR_DIR
+    database_url: str = Field(default=f"sqlite:///{VAR_DIR}/ofa.sqlite",
+                              description="SQLAlchemy URL; PostgreSQL in production (postgresql+psycopg://...)")
+    broker_url: str = Field(default=f"sqla+sqlite:///{VAR_DIR}/broker.sqlite",
+                            description="Celery broker; redis://... in production")
+    redis_url: str | None = Field(default=None, description="optional Redis for job progress pub/sub")
+    task_queue: str = "ofa"
+    default_supernet: str = "ofa_mbv3_cifar10"
+    supernets: list[str] = Field(default_factory=lambda: ["ofa_mbv3_cifar10", "ofa_mbv3_d234_e346_k357_w1.2"],
+                                 description="names from the ofa_core registry to serve")
+    weights: dict[str, str] = Field(default_factory=dict, description="supernet name -> weights file (overrides registry)")
+    predictors: dict[str, str] = Field(default_factory=dict, description="supernet name -> predictor file")
+    max_table_bytes: int = 2 * 1024 * 1024
+    max_timings_bytes: int = 2 * 1024 * 1024
+    default_population: int = 100
+    default_generations: int = 100
+    max_population: int = 1000
+    max_generations: int = 2000
+    pareto_points: int = 40
+    pareto_population: int = 64
+    pareto_generations: int = 30
+    sse_poll_s: float = 0.1
+    job_lease_s: float = 120.0
+    host_device_name: str = "host-cpu"
+    log_level: str = "INFO"
+    log_json: bool = True
+    auto_profile_host: bool = True
+    broker_publish_timeout_s: float = 3.0
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    get_settings.cache_clear()

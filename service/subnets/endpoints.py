@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from ofa_core.spec import SubnetConfig
+from service.db.session import SessionDep
+from service.deps import StoreDep
+from service.errors import RangeNotSatisfiable, SubnetNotFound
+from service.metrics import CHECKPOINT_BYTES
+from service.supernets import repository as supernet_repo
+from . import repository as repo
+
+router = APIRouter(prefix="/subnets", tags=["subnets"])
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _load(s, store, subnet_id: str):
+    row = repo.get(s, subnet_id)
+    if row is None:
+        raise SubnetNotFound(subnet_id)
+    sn = s.get(supernet_repo.Supernet, row.supernet_id)
+    eng = store.get(sn.name)
+    return row, sn, eng, SubnetConfig.from_dict(eng.spec, row.config)
+
+
+@router.get("/{subnet_id}")
+def get_subnet(subnet_id: str, s: SessionDep, store: StoreDep):
+    row, sn, eng, cfg = _load(s, store, subnet_id)
+    return {"id": row.id, "supernet": sn.name, "config": row.config, "macs": row.macs, "params": row.params,
+            "peak_memory_bytes": row.peak_memory_bytes,
+            "predicted_accuracy": eng.metrics(cfg, None)["accuracy"], "checkpoint_available": eng.has_weights,
+            "created_at": row.created_at.isoformat(),
+            "links": {"checkpoint": f"/subnets/{row.id}/checkpoint?format=safetensors",
+                      "net_config": f"/subnets/{row.id}/net.config"}}
+
+
+@router.get("/{subnet_id}/net.config")
+def net_config(subnet_id: str, s: SessionDep, store: StoreDep):
+    row, sn, eng, cfg = _load(s, store, subnet_id)
+    return JSONResponse(eng.net_config(cfg), headers={"Content-Disposition": f'attachment; filename="{row.id}.net.config"'})
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """One byte range -> [start, end) ; None = whole body. Multi-range requests get the whole body."""
+    if not header:
+        return None
+    m = _RANGE.match(header.strip())
+    if not m:
+        return None
+    a, b = m.groups()
+    if a == "" and b == "":
+        return None
+    if a == "":
+        n = int(b)
+        if n == 0:
+            raise RangeNotSatisfiable(size)
+        return max(0, size - n), size
+    start = int(a)
+    end = min(int(b) + 1, size) if b else size
+    if start >= size or start >= end:
+        raise RangeNotSatisfiable(size)
+    return start, end
+
+
+@router.get("/{subnet_id}/checkpoint", responses={
+    200: {"content": {"application/octet-stream": {}}, "description": "weights (safetensors by default)"},
+    206: {"description": "partial content for a Range request"},
+    409: {"description": "the supernet has no weights loaded; the error names the file to configure"}})
+async def checkpoint(subnet_id: str, request: Request, s: SessionDep, store: StoreDep,
+                     format: Literal["safetensors", "pt", "torchscript", "onnx"] = "safetensors"):
+    row, sn, eng, cfg = _load(s, store, subnet_id)
+    store.require_weights(sn.name)
+    art = await run_in_threadpool(eng.artifact, row.id, cfg, format)
+    size, etag = art.total_size, f'"{art.sha256}"'
+    filename = f"{sn.name}-{row.id}.{art.extension}"
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{filename}"',
+               "X-Content-SHA256": art.sha256}
+    inm = request.headers.get("if-none-match")
+    if inm and etag in [t.strip() for t in inm.split(",")]:
+        return Response(status_code=304, headers=headers)
+    rng = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if if_range and if_range.strip() != etag:
+        rng = None
+    span = _parse_range(rng, size)
+    if request.method == "HEAD":
+        return Response(headers={**headers, "Content-Length": str(size)}, media_type=art.media_type)
+    if span is None:
+        CHECKPOINT_BYTES.labels(format).inc(size)
+        return StreamingResponse(art.iter_bytes(0, size), media_type=art.media_type,
+                                 headers={**headers, "Content-Length": str(size)})
+    start, end = span
+    CHECKPOINT_BYTES.labels(format).inc(end - start)
+    return StreamingResponse(art.iter_bytes(start, end), status_code=206, media_type=art.media_type,
+                             headers={**headers, "Content-Length": str(end - start),
+                                      "Content-Range": f"bytes {start}-{end - 1}/{size}"})

@@ -1,0 +1,81 @@
+"""In-memory supernet store: the registered supernets (weights per config; never downloaded) and their
+predictors, kept in memory; sub-network weights are streamed from them via ofa_core."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from sqlalchemy.exc import IntegrityError
+
+from ofa_core.spec import get_spec
+from service.engine.adapter import SupernetEngine
+from service.errors import SupernetNotFound, WeightsMissing
+from service.settings import Settings
+from . import repository
+
+log = logging.getLogger("ofa.store")
+
+
+class SupernetStore:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.engines: dict[str, SupernetEngine] = {}
+        self.errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.loaded = False
+
+    def load(self) -> "SupernetStore":
+        for name in self.settings.supernets:
+            try:
+                spec = get_spec(name)
+            except KeyError as e:
+                self.errors[name] = str(e)
+                log.error("unknown supernet in OFA_SUPERNETS", extra={"supernet": name})
+                continue
+            weights = self.settings.weights.get(name) or spec.resolve_weights()
+            predictor = self.settings.predictors.get(name) or spec.predictor_path
+            try:
+                eng = SupernetEngine(spec, weights, predictor)
+            except Exception as e:  # a corrupt file must not stop the service; report it instead
+                log.exception("supernet failed to load", extra={"supernet": name})
+                self.errors[name] = f"{type(e).__name__}: {e}"
+                eng = SupernetEngine(spec, None, None)
+            self.engines[name] = eng
+            log.info("supernet registered", extra={"supernet": name, "version": eng.version,
+                                                   "weights": weights if eng.has_weights else None,
+                                                   "predictor": predictor if eng.search_ready else None})
+        self.loaded = True
+        return self
+
+    def sync_db(self, db) -> None:
+        """Record the registered supernets in the database (idempotent)."""
+        for name, eng in self.engines.items():
+            for _ in range(3):
+                try:
+                    with db.session() as s:
+                        repository.upsert(s, name, eng.version, eng.spec.to_dict(), eng.weights_path, eng.predictor_path)
+                    break
+                except IntegrityError:
+                    continue
+
+    def get(self, name: str) -> SupernetEngine:
+        eng = self.engines.get(name)
+        if eng is None:
+            raise SupernetNotFound(name, sorted(self.engines))
+        return eng
+
+    def require_weights(self, name: str) -> SupernetEngine:
+        eng = self.get(name)
+        if not eng.has_weights:
+            path = eng.weights_path or eng.spec.resolve_weights()
+            raise WeightsMissing(name, path if path else None, eng.spec.weights_env)
+        return eng
+
+    def describe(self, name: str) -> dict:
+        eng = self.get(name)
+        return {"name": name, "version": eng.version, "default": name == self.settings.default_supernet,
+                "has_weights": eng.has_weights, "search_ready": eng.search_ready,
+                "weights_file": eng.weights_path, "predictor_file": eng.predictor_path,
+                "weights_env": eng.spec.weights_env, "load_error": self.errors.get(name),
+                "spec": eng.spec.to_dict()}

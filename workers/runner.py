@@ -1,0 +1,137 @@
+"""What the tasks do, independent of Celery (also used by the CLI)."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Callable
+
+from sqlalchemy.exc import IntegrityError
+
+from service.devices import repository as device_repo
+from service.engine.adapter import Cancelled, Infeasible
+from service.jobs import repository as job_repo
+from service.jobs.service import subnet_result
+from service.subnets import repository as subnet_repo
+from service.supernets import repository as supernet_repo
+
+log = logging.getLogger("ofa.worker")
+
+
+def run_search(db, store, settings, job_id: str) -> str:
+    with db.session() as s:
+        job = job_repo.get(s, job_id)
+        if job is None:
+            log.warning("job not found", extra={"job": job_id})
+            return "missing"
+        if job.status in job_repo.TERMINAL:
+            return job.status                       # duplicate delivery of a finished job
+        token = uuid.uuid4().hex
+        if not job_repo.claim(s, job_id, token, settings.job_lease_s):
+            return "not-claimed"                    # another worker holds a live lease, or it was cancelled
+        supernet, table_id, req = job.supernet.name, job.table_id, dict(job.request)
+        supernet_id = job.supernet_id
+    eng = store.get(supernet)
+    opts = req["options"]
+    lat = eng.latency_model(("table", table_id), lambda: _entries(db, table_id))
+    state = {"cancel": False, "last": 0.0}
+    log.info("search started", extra={"job": job_id, "supernet": supernet, "constraints": req["constraints"]})
+
+    def progress(gen, total, best_acc, best_enc):
+        now = time.monotonic()
+        if gen < total and now - state["last"] < 0.05:
+            return
+        state["last"] = now
+        with db.session() as s:
+            ok = job_repo.progress(s, job_id, token, gen, total, {"predicted_accuracy": float(best_acc)})
+        if not ok:
+            state["cancel"] = True
+
+    t0 = time.monotonic()
+    try:
+        r = eng.search(lat, req["constraints"], req.get("accuracy_floor"), opts["population"], opts["generations"],
+                       opts["seed"], progress=progress, should_cancel=lambda: state["cancel"])
+    except Cancelled:
+        with db.session() as s:
+            job_repo.finish(s, job_id, token, "cancelled", error={"code": "cancelled", "message": "cancelled by request"})
+        log.info("search cancelled", extra={"job": job_id})
+        return "cancelled"
+    except Infeasible as e:
+        with db.session() as s:
+            job_repo.finish(s, job_id, token, "failed", progress=1.0, error={
+                "code": "infeasible_constraints", "message": f"no sub-network meets {', '.join(e.violated)}",
+                "minima": e.minima})
+        return "failed"
+    except Exception as e:
+        from workers.tasks import TRANSIENT
+        if isinstance(e, TRANSIENT):
+            with db.session() as s:   # give the lease back so the retry can claim it
+                from sqlalchemy import update
+                from service.db.models import Job
+                s.execute(update(Job).where(Job.id == job_id, Job.lease_token == token, Job.status == "running")
+                          .values(status="queued", lease_token=None))
+            raise
+        log.exception("search failed", extra={"job": job_id})
+        with db.session() as s:
+            job_repo.finish(s, job_id, token, "failed", error={"code": "search_error", "message": str(e)})
+        return "failed"
+    cfg, metrics = r["config"], r["metrics"]
+    sid = cfg.content_id()
+    result = subnet_result(sid, supernet, cfg.to_dict(), r["accuracy"], metrics["latency_ms"], metrics)
+    with db.session() as s:
+        subnet_repo.get_or_create(s, sid, supernet_id, cfg.to_dict(),
+                                  {k: int(metrics[k]) for k in ("macs", "params", "peak_memory_bytes")})
+        done = job_repo.finish(s, job_id, token, "succeeded", subnet_id=sid, result=result, progress=1.0,
+                               generation=opts["generations"])
+        if not done:
+            s.rollback()
+            return "superseded"
+    log.info("search finished", extra={"job": job_id, "subnet": sid, "seconds": round(time.monotonic() - t0, 3),
+                                       "accuracy": r["accuracy"], "latency_ms": metrics["latency_ms"]})
+    return "succeeded"
+
+
+def _entries(db, table_id: int):
+    with db.session() as s:
+        return device_repo.load_entries(s, table_id)
+
+
+def compute_front(db, store, settings, device_id: int, table_id: int, supernet: str) -> str:
+    eng = store.get(supernet)
+    with db.session() as s:
+        sn = supernet_repo.get_by_name(s, supernet)
+        if device_repo.front_for(s, sn.id, table_id) is not None:
+            return "exists"
+        sn_id = sn.id
+    if not eng.search_ready:
+        return "no-predictor"
+    lat = eng.latency_model(("table", table_id), lambda: _entries(db, table_id))
+    t0 = time.monotonic()
+    points = eng.pareto(lat, settings.pareto_points, settings.pareto_population, settings.pareto_generations)
+    try:
+        with db.session() as s:
+            device_repo.save_front(s, sn_id, eng.version, device_id, table_id, points)
+    except IntegrityError:
+        return "exists"
+    log.info("pareto front stored", extra={"device_id": device_id, "table_id": table_id, "points": len(points),
+                                           "seconds": round(time.monotonic() - t0, 2)})
+    return "stored"
+
+
+def profile_host(db, store, settings, device_name: str, supernet: str,
+                 progress: Callable[[int, int], None] | None = None, repeats: int | None = None) -> str:
+    """Measure this host's latency table with ofa_core.profiler and register/update it as a device."""
+    from service.devices import service as device_service
+    from service.engine.profile import profile_table
+    eng = store.get(supernet)
+    table, prov = profile_table(eng.spec, progress=progress, repeats=repeats)
+    with db.session() as s:
+        d = device_repo.get_by_name(s, device_name)
+        if d is None:
+            d, t = device_service.create_device(s, store, device_name, supernet, "this host's CPU, measured by the profiler",
+                                                table, kind="profiled", source="profiled", provenance=prov)
+        else:
+            t = device_service.add_version(s, d, table, "profiled", prov)
+        ids = (d.id, t.id)
+    compute_front(db, store, settings, ids[0], ids[1], supernet)
+    return "profiled"
