@@ -2,7 +2,7 @@
 
 Embedded defaults need no external service: SQLite under ``./var/`` and a serverless kombu transport
 (SQLAlchemy over a SQLite file) as the Celery broker. Production sets ``OFA_DATABASE_URL`` to PostgreSQL and
-``OFA_BROKER_URL`` (and optionally ``OFA_REDIS_URL`` for progress pub/sub) to Redis.
+``OFA_BROKER_URL`` to Redis. Job progress (SSE) is read from the database, so it works on both.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ class Settings(BaseSettings):
                               description="SQLAlchemy URL; PostgreSQL in production (postgresql+psycopg://...)")
     broker_url: str = Field(default=f"sqla+sqlite:///{VAR_DIR}/broker.sqlite",
                             description="Celery broker; redis://... in production")
-    redis_url: str | None = Field(default=None, description="optional Redis for job progress pub/sub")
     task_queue: str = "ofa"
     default_supernet: str = "ofa_mbv3_cifar10"
     supernets: list[str] = Field(default_factory=lambda: ["ofa_mbv3_cifar10", "ofa_mbv3_d234_e346_k357_w1.2"],

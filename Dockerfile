@@ -1,0 +1,15 @@
+# OFA specialization service: one image for the API, the worker and the migrate step (config from env only).
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml ./
+COPY ofa_core ./ofa_core
+COPY service ./service
+COPY workers ./workers
+COPY migrations ./migrations
+COPY alembic.ini ./
+RUN pip install . && useradd -r -u 10001 ofa \
+    && mkdir -p /app/var && chown ofa /app/var
+USER ofa
+EXPOSE 8000
+CMD ["uvicorn", "--factory", "service.app:app_factory", "--host", "0.0.0.0", "--port", "8000"]
