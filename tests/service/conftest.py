@@ -2,7 +2,6 @@
 default (SQLite + the serverless SQLAlchemy kombu transport)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import uuid
@@ -12,15 +11,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pytest  # noqa: E402
 
-from ofa_service_assets import make_assets, synthetic_table  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SHARED = os.path.join(ROOT, "..", "shared", "data", "ofa-reference")
-PG_HOST = os.environ.get("OFA_TEST_PG_HOST", "127.0.0.1")
-PG_USER = os.environ.get("OFA_TEST_PG_USER", "postgres")
-REDIS_URL = os.environ.get("OFA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-RUN = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
-
+from ofa_service_assets import make_assets, synthetic_table  # noqa: E402,F401
+from ofa_service_testlib import PG_HOST, PG_USER, REDIS_URL, RUN, SHARED, _make_env  # noqa: E402
 
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory):
@@ -51,7 +43,10 @@ def redis_url():
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
     except Exception as e:
         pytest.fail(f"Redis at {REDIS_URL} is unreachable: {e}")
-    return REDIS_URL
+    yield REDIS_URL
+    r = redis.Redis.from_url(REDIS_URL)   # drop this session's queues (tasks nobody consumed)
+    for k in list(r.scan_iter(f"*ofa_test_{RUN}*")):
+        r.delete(k)
 
 
 @pytest.fixture(scope="session")
@@ -89,44 +84,6 @@ def migrated_pg(pg_url):
     from service.db.migrate import upgrade
     upgrade(pg_url)
     return pg_url
-
-
-class Env:
-    def __init__(self, settings, app, client, key):
-        self.settings, self.app, self.client, self.key = settings, app, client, key
-        self.h = {"X-API-Key": key}
-
-    @property
-    def db(self):
-        return self.app.state.db
-
-    @property
-    def store(self):
-        return self.app.state.store
-
-    def add_device(self, name: str, table: dict | None = None, supernet: str | None = None):
-        q = f"/devices?name={name}" + (f"&supernet={supernet}" if supernet else "")
-        r = self.client.post(q, content=json.dumps(table or synthetic_table()),
-                             headers={**self.h, "content-type": "application/json"})
-        assert r.status_code == 201, r.text
-        return r.json()
-
-    def run_job(self, job_id: str) -> str:
-        from workers import runner
-        return runner.run_search(self.db, self.store, self.settings, job_id)
-
-
-def _make_env(settings, store):
-    from fastapi.testclient import TestClient
-    from service.app import create_app
-    from service.auth.service import create_api_key
-    from service.db.migrate import upgrade
-    if settings.database_url.startswith("sqlite"):
-        upgrade(settings.database_url)
-    app = create_app(settings, store=store)
-    client = TestClient(app)
-    client.__enter__()
-    return Env(settings, app, client, create_api_key(app.state.db, "test"))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -7,7 +7,7 @@ import os
 import threading
 
 import pytest
-from conftest import SHARED
+from ofa_service_testlib import SHARED
 from ofa_service_assets import synthetic_table
 
 SEARCH = {"population": 16, "generations": 5, "seed": 0}
@@ -169,7 +169,7 @@ def test_cancel(env):
 
 
 def test_broker_unreachable_leaves_nothing_queued(settings_factory, shared_store):
-    from conftest import _make_env
+    from ofa_service_testlib import _make_env
     s = settings_factory("sqlite", broker_url="redis://127.0.0.1:1/0")
     e = _make_env(s, shared_store)
     try:

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT
+from ofa_service_testlib import ROOT
 
 
 def _start_worker(settings) -> subprocess.Popen:
@@ -28,7 +28,7 @@ def _start_worker(settings) -> subprocess.Popen:
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_end_to_end_real_worker(backend, request, settings_factory, shared_store):
-    from conftest import _make_env
+    from ofa_service_testlib import _make_env
     from ofa_core.export import load_safetensors_checkpoint  # noqa: F401  (the published reader exists)
     from ofa_core.extract import StaticMobileNetV3
     from ofa_core.spec import SubnetConfig

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, inspect
 
-from conftest import PG_HOST, PG_USER, ROOT, RUN
+from ofa_service_testlib import PG_HOST, PG_USER, ROOT, RUN
 
 TABLES = {"supernets", "devices", "latency_tables", "latency_entries", "jobs", "subnets", "pareto_fronts", "api_keys"}
 

@@ -1,0 +1,52 @@
+"""Shared helpers of the service tests (imported by conftest and the tests; unique module name on purpose)."""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+from ofa_service_assets import make_assets, synthetic_table  # noqa: F401
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHARED = os.path.join(ROOT, "..", "shared", "data", "ofa-reference")
+PG_HOST = os.environ.get("OFA_TEST_PG_HOST", "127.0.0.1")
+PG_USER = os.environ.get("OFA_TEST_PG_USER", "postgres")
+REDIS_URL = os.environ.get("OFA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RUN = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+class Env:
+    def __init__(self, settings, app, client, key):
+        self.settings, self.app, self.client, self.key = settings, app, client, key
+        self.h = {"X-API-Key": key}
+
+    @property
+    def db(self):
+        return self.app.state.db
+
+    @property
+    def store(self):
+        return self.app.state.store
+
+    def add_device(self, name: str, table: dict | None = None, supernet: str | None = None):
+        q = f"/devices?name={name}" + (f"&supernet={supernet}" if supernet else "")
+        r = self.client.post(q, content=json.dumps(table or synthetic_table()),
+                             headers={**self.h, "content-type": "application/json"})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def run_job(self, job_id: str) -> str:
+        from workers import runner
+        return runner.run_search(self.db, self.store, self.settings, job_id)
+
+
+def _make_env(settings, store):
+    from fastapi.testclient import TestClient
+    from service.app import create_app
+    from service.auth.service import create_api_key
+    from service.db.migrate import upgrade
+    if settings.database_url.startswith("sqlite"):
+        upgrade(settings.database_url)
+    app = create_app(settings, store=store)
+    client = TestClient(app)
+    client.__enter__()
+    return Env(settings, app, client, create_api_key(app.state.db, "test"))
