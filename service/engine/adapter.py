@@ -70,7 +70,7 @@ class Artifact:
     def total_size(self) -> int:
         return len(self.data)
 
-    def iter_bytes(self, start: int = 0, end: int | None = None, chunk: int = 1 << 16) -> Iterator[bytes]:
+    def iter_bytes(self, start: int = 0, end: int | None = None, chunk: int = 1 << 20) -> Iterator[bytes]:
         end = len(self.data) if end is None else end
         mv = memoryview(self.data)
         for i in range(start, end, chunk):
@@ -85,8 +85,17 @@ class _StreamArtifact:
         self.total_size = int(stream.total_size)
         self.sha256 = stream.sha256
 
-    def iter_bytes(self, start: int = 0, end: int | None = None):
-        return self.stream.iter_bytes(start, self.total_size if end is None else end)
+    def iter_bytes(self, start: int = 0, end: int | None = None, chunk: int = 1 << 20):
+        """Coalesced into ~1 MiB pieces (fewer, larger writes to the socket)."""
+        buf, n = [], 0
+        for piece in self.stream.iter_bytes(start, self.total_size if end is None else end):
+            buf.append(piece)
+            n += len(piece)
+            if n >= chunk:
+                yield b"".join(buf)
+                buf, n = [], 0
+        if buf:
+            yield b"".join(buf)
 
 
 def load_weights(supernet: torch.nn.Module, path: str) -> None:
