@@ -94,20 +94,20 @@ def calibrate(store: SupernetStore, s: Session, device, timings: list[dict[str, 
     predicted = lat(np.stack([c.encode() for c in cfgs]))
     try:
         from ofa_core import calibrate as cal  # type: ignore
-        fit = getattr(cal, "calibrate_table", None)
+        from ofa_core.latency import LatencyTable
+        prior = LatencyTable(eng.spec, {r: {k: {"count": c, "mean": m, "std": sd} for k, (c, m, sd) in t.items()}
+                                        for r, t in table.items()})
+        fitted = cal.calibrate(prior, np.stack([c.encode() for c in cfgs]), measured)
+        new = {int(r): {k: (int(e.count), float(e.mean), float(e.std)) for k, e in t.items()}
+               for r, t in fitted.tables.items()}
+        after = np.asarray(fitted.predict(np.stack([c.encode() for c in cfgs])))
+        return new, {"method": "ofa_core.calibrate", "n_timings": len(cfgs), "based_on_version": current.version,
+                     "mean_rel_error_after": float((np.abs(after - measured) / measured).mean()),
+                     "environment": fitted.environment}
     except ImportError:
-        fit = None
-    if fit is not None:
-        try:
-            from ofa_core.latency import LatencyTable
-            core = LatencyTable(eng.spec, {r: {k: {"count": c, "mean": m, "std": sd} for k, (c, m, sd) in t.items()}
-                                           for r, t in table.items()})
-            res = fit(core, np.stack([c.encode() for c in cfgs]), measured)
-            new_core = res[0] if isinstance(res, tuple) else res
-            new = {int(r): {k: (e.count, e.mean, e.std) for k, e in t.items()} for r, t in new_core.tables.items()}
-            return new, {"method": "ofa_core.calibrate", "n_timings": len(cfgs), "based_on_version": current.version}
-        except Exception:
-            log.warning("ofa_core.calibrate failed; using the scale-factor fit", exc_info=True)
+        pass
+    except Exception:
+        log.warning("ofa_core.calibrate failed; using the scale-factor fit", exc_info=True)
     scale = float(np.dot(predicted, measured) / max(np.dot(predicted, predicted), 1e-12))
     new = {r: {k: (c, m * scale, sd * scale) for k, (c, m, sd) in t.items()} for r, t in table.items()}
     rel = np.abs(predicted * scale - measured) / measured

@@ -120,6 +120,7 @@ def test_devices_versions_and_listing(env):
                         headers=env.h)
     assert r.status_code == 201, r.text
     assert r.json()["current_version"] == 3 and r.json()["versions"][-1]["source"] == "calibrated"
+    assert r.json()["versions"][-1]["provenance"]["method"] == "ofa_core.calibrate"
     r = env.client.post("/devices/alpha/timings", json={"timings": [{"config": {"ks": [1]}, "latency_ms": 1}]}, headers=env.h)
     assert r.status_code == 422 and r.json()["error"]["field"].startswith("timings[0].config")
 
