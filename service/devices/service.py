@@ -93,7 +93,8 @@ def calibrate(store: SupernetStore, s: Session, device, timings: list[dict[str, 
     lat = eng.latency_model(("table", current.id), lambda: table)
     predicted = lat(np.stack([c.encode() for c in cfgs]))
     try:
-        from ofa_core import calibrate as cal  # type: ignore
+        import importlib
+        cal = importlib.import_module("ofa_core.calibrate")  # the package re-exports a function of that name
         from ofa_core.latency import LatencyTable
         prior = LatencyTable(eng.spec, {r: {k: {"count": c, "mean": m, "std": sd} for k, (c, m, sd) in t.items()}
                                         for r, t in table.items()})
