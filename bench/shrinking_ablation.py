@@ -27,7 +27,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     splits = load_dataset(args.data, cache_dir=args.cache_dir, progress=False)
     train, hold = holdout_split(splits["train"], args.holdout, seed=0)
-    train = train.subset(np.arange(min(args.train_images, len(train))))
+    train = train.sample(args.train_images, seed=args.seed)
     ps = progressive_shrinking_phases(spec, args.scale, args.lr)
     total_epochs = sum(p.epochs for p in ps)
     steps_per_epoch = len(train) // args.batch_size

@@ -37,6 +37,13 @@ class ImageArray:
     def subset(self, idx: np.ndarray) -> "ImageArray":
         return ImageArray(self.images[idx], self.labels[idx], self.classes)
 
+    def sample(self, n: int, seed: int = 0) -> "ImageArray":
+        """A seeded random subset of n images (files are often stored class by class, so never take the
+        first n)."""
+        if n >= len(self):
+            return self
+        return self.subset(np.sort(np.random.default_rng(seed).permutation(len(self))[:n]))
+
 
 def _decode(data: bytes, size: int | None) -> np.ndarray:
     img = Image.open(io.BytesIO(data)).convert("RGB")

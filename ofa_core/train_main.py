@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_dataset(a.data, cache_dir=a.cache_dir, progress=not a.no_progress)
     train, holdout = holdout_split(splits["train"], a.holdout, seed=a.seed)
     if a.limit_train:
-        train = train.subset(torch.arange(min(a.limit_train, len(train))).numpy())
+        train = train.sample(a.limit_train, seed=a.seed)
     if a.schedule == "progressive":
         phases = progressive_shrinking_phases(spec, a.scale, a.lr)
     else:

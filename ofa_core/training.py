@@ -309,7 +309,7 @@ class ProgressiveShrinkingTrainer:
     def phase_eval(self) -> dict:
         """Held-out accuracy of the largest and smallest sub-networks (BN recalibrated) at the largest res."""
         r = max(self.resolutions)
-        hold = self.holdout.subset(np.arange(min(len(self.holdout), self.cfg.eval_images)))
+        hold = self.holdout.sample(self.cfg.eval_images, seed=self.cfg.seed)
         out = {}
         for name, c in (("largest", self.spec.max_config(r)), ("smallest", self.spec.min_config(r))):
             out[f"acc_{name}"] = round(evaluate_subnet(self.net, c, self.train_data, hold, self.cfg.bn_images,

@@ -151,3 +151,13 @@ def test_ablation_script_on_tiny_data(tmp_path, monkeypatch):
     assert set(res["acc"]) == {"progressive", "one-shot"}
     assert all(len(v) == 8 for v in res["acc"].values())
     assert json.load(open(tmp_path / "abl" / "ablation.json"))["acc"] == res["acc"]
+
+
+def test_sample_draws_from_every_class_of_class_ordered_data():
+    from ofa_core.data import ImageArray
+    labels = np.repeat(np.arange(10), 100)            # stored class by class, as archives usually are
+    data = ImageArray(np.zeros((1000, 2, 2, 3), np.uint8), labels, [str(i) for i in range(10)])
+    sub = data.sample(100, seed=0)
+    assert len(sub) == 100 and len(np.unique(sub.labels)) == 10
+    np.testing.assert_array_equal(data.sample(100, seed=0).labels, sub.labels)
+    assert data.sample(5000) is data
