@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 log = logging.getLogger("ofa.cli")
 
@@ -58,10 +57,8 @@ def _store_and_db():
 def _enqueue_front(s, device_id, table_id, supernet) -> None:
     from service.jobs import queue as Q
     from workers.celery_app import make_celery
-    try:
-        Q.publish(make_celery(s), s.task_queue, Q.COMPUTE_FRONT, [device_id, table_id, supernet])
-    except Exception as e:
-        print(f"warning: Pareto front not queued ({e})", file=sys.stderr)
+    if not Q.publish_front(make_celery(s), s, device_id, table_id, supernet):
+        print("warning: Pareto front not queued (the broker is unreachable)", file=sys.stderr)
 
 
 def cmd_import_table(args) -> int:

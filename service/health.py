@@ -6,10 +6,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from service.openapi import example
+
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", summary="Liveness", responses={200: example({"status": "ok"})})
 def healthz():
     """Liveness: the process answers."""
     return {"status": "ok"}
@@ -33,7 +35,11 @@ def _check_broker(app) -> str | None:
         return f"{type(e).__name__}: {str(e)[:200]}"
 
 
-@router.get("/readyz")
+@router.get("/readyz", summary="Readiness", responses={
+    200: example({"status": "ready", "checks": {"database": "ok", "broker": "ok", "supernet": "ok",
+                                                "supernets": {"ofa_mbv3_cifar10": {"weights": True, "predictor": True}}}}),
+    503: example({"status": "not_ready", "checks": {"database": "ok", "broker": "OperationalError: connection refused",
+                                                    "supernet": "ok", "supernets": {}}}, "not ready")})
 async def readyz(request: Request):
     """Readiness: database migrated and reachable, broker reachable, default supernet loaded."""
     app = request.app
@@ -49,6 +55,6 @@ async def readyz(request: Request):
     return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 def metrics():
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     default_generations: int = 100
     max_population: int = 1000
     max_generations: int = 2000
+    floor_check_population: int = Field(100, description="at most this population (and floor_check_generations) "
+                                        "for the accuracy search that decides at POST /specialize whether an "
+                                        "accuracy floor is reachable")
+    floor_check_generations: int = 60
     pareto_points: int = 40
     pareto_population: int = 64
     pareto_generations: int = 30

@@ -4,14 +4,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Callable
 
 from sqlalchemy.exc import IntegrityError
 
+from ofa_core.search import METRICS, InfeasibleError, SearchCancelled
 from service.devices import repository as device_repo
-from service.engine.adapter import Cancelled, Infeasible
 from service.jobs import repository as job_repo
-from service.jobs.service import subnet_result
+from service.jobs.service import infeasible, subnet_result
 from service.subnets import repository as subnet_repo
 from service.supernets import repository as supernet_repo
 
@@ -33,11 +32,11 @@ def run_search(db, store, settings, job_id: str) -> str:
         supernet_id = job.supernet_id
     eng = store.get(supernet)
     opts = req["options"]
-    lat = eng.latency_model(("table", table_id), lambda: _entries(db, table_id))
+    eff = eng.efficiency(table_id, lambda: _entries(db, table_id))
     state = {"cancel": False, "last": 0.0}
     log.info("search started", extra={"job": job_id, "supernet": supernet, "constraints": req["constraints"]})
 
-    def progress(gen, total, best_acc, best_enc):
+    def progress(gen, total, best_acc):
         now = time.monotonic()
         if gen < total and now - state["last"] < 0.05:
             return
@@ -49,35 +48,32 @@ def run_search(db, store, settings, job_id: str) -> str:
 
     t0 = time.monotonic()
     try:
-        r = eng.search(lat, req["constraints"], req.get("accuracy_floor"), opts["population"], opts["generations"],
+        r = eng.search(eff, req["constraints"], req.get("accuracy_floor"), opts["population"], opts["generations"],
                        opts["seed"], progress=progress, should_cancel=lambda: state["cancel"])
-    except Cancelled:
+    except SearchCancelled:
         with db.session() as s:
             job_repo.finish(s, job_id, token, "cancelled", error={"code": "cancelled", "message": "cancelled by request"})
         log.info("search cancelled", extra={"job": job_id})
         return "cancelled"
-    except Infeasible as e:
+    except InfeasibleError as e:
+        err = infeasible(eng.minima(eff), req["constraints"], e)
         with db.session() as s:
-            job_repo.finish(s, job_id, token, "failed", progress=1.0, error={
-                "code": "infeasible_constraints", "message": f"no sub-network meets {', '.join(e.violated)}",
-                "minima": e.minima})
+            job_repo.finish(s, job_id, token, "failed", progress=1.0, error=err.body()["error"])
         return "failed"
     except Exception as e:
         from workers.tasks import TRANSIENT
         if isinstance(e, TRANSIENT):
             with db.session() as s:   # give the lease back so the retry can claim it
-                from sqlalchemy import update
-                from service.db.models import Job
-                s.execute(update(Job).where(Job.id == job_id, Job.lease_token == token, Job.status == "running")
-                          .values(status="queued", lease_token=None))
+                job_repo.release(s, job_id, token)
             raise
         log.exception("search failed", extra={"job": job_id})
         with db.session() as s:
             job_repo.finish(s, job_id, token, "failed", error={"code": "search_error", "message": str(e)})
         return "failed"
-    cfg, metrics = r["config"], r["metrics"]
+    cfg = r.config
+    metrics = {k: getattr(r, k) for k in METRICS}
     sid = cfg.content_id()
-    result = subnet_result(sid, supernet, cfg.to_dict(), r["accuracy"], metrics["latency_ms"], metrics)
+    result = subnet_result(sid, supernet, cfg.to_dict(), r.predicted_acc, metrics)
     with db.session() as s:
         subnet_repo.get_or_create(s, sid, supernet_id, cfg.to_dict(),
                                   {k: int(metrics[k]) for k in ("macs", "params", "peak_memory_bytes")})
@@ -87,7 +83,7 @@ def run_search(db, store, settings, job_id: str) -> str:
             s.rollback()
             return "superseded"
     log.info("search finished", extra={"job": job_id, "subnet": sid, "seconds": round(time.monotonic() - t0, 3),
-                                       "accuracy": r["accuracy"], "latency_ms": metrics["latency_ms"]})
+                                       "accuracy": r.predicted_acc, "latency_ms": r.latency_ms})
     return "succeeded"
 
 
@@ -105,9 +101,9 @@ def compute_front(db, store, settings, device_id: int, table_id: int, supernet: 
         sn_id = sn.id
     if not eng.search_ready:
         return "no-predictor"
-    lat = eng.latency_model(("table", table_id), lambda: _entries(db, table_id))
+    eff = eng.efficiency(table_id, lambda: _entries(db, table_id))
     t0 = time.monotonic()
-    points = eng.pareto(lat, settings.pareto_points, settings.pareto_population, settings.pareto_generations)
+    points = eng.pareto(eff, settings.pareto_points, settings.pareto_population, settings.pareto_generations)
     try:
         with db.session() as s:
             device_repo.save_front(s, sn_id, eng.version, device_id, table_id, points)
@@ -118,13 +114,12 @@ def compute_front(db, store, settings, device_id: int, table_id: int, supernet: 
     return "stored"
 
 
-def profile_host(db, store, settings, device_name: str, supernet: str,
-                 progress: Callable[[int, int], None] | None = None, repeats: int | None = None) -> str:
+def profile_host(db, store, settings, device_name: str, supernet: str, repeats: int | None = None) -> str:
     """Measure this host's latency table with ofa_core.profiler and register/update it as a device."""
     from service.devices import service as device_service
     from service.engine.profile import profile_table
     eng = store.get(supernet)
-    table, prov = profile_table(eng.spec, progress=progress, repeats=repeats)
+    table, prov = profile_table(eng.spec, repeats=repeats)
     with db.session() as s:
         d = device_repo.get_by_name(s, device_name)
         if d is None:

@@ -5,12 +5,9 @@ Declared with their queue, late acks and retries with backoff on transient error
 from __future__ import annotations
 
 import logging
-import os
-import time
-import uuid
 
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy.exc import IntegrityError, OperationalError as DBOperationalError
+from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from service.settings import get_settings
 from workers.celery_app import celery_app

@@ -1,19 +1,18 @@
 from __future__ import annotations
 
-import json
 from typing import Literal
 
-import yaml
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import ValidationError
 
 from service.auth.service import ApiKeyDep
 from service.db.session import SessionDep
-from service.deps import CeleryDep, SettingsDep, StoreDep
+from service.deps import SettingsDep, StoreDep
 from service.engine import tables as T
 from service.errors import MalformedTable, PayloadTooLarge, ValidationFailed
 from service.jobs import queue as Q
+from service.openapi import errors
 from . import repository as repo
 from . import service
 from .schemas import DeviceOut, DevicePage, TimingsIn
@@ -24,7 +23,21 @@ TABLE_BODY = {"requestBody": {"content": {
     "application/json": {"schema": {"type": "object"}, "example": {"resolutions": {"32": {"Conv-input:32x32x3-output:16x16x8": {"count": 10, "mean": 0.05, "std": 0.001}}}}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "name": {"type": "string"}, "supernet": {"type": "string"}, "description": {"type": "string"}}}}}}}
+        "name": {"type": "string"}, "supernet": {"type": "string"}, "description": {"type": "string"}}},
+        "example": {"name": "note10", "supernet": "ofa_mbv3_d234_e346_k357_w1.2", "description": "Samsung Note10",
+                    "file": ["160_lookup_table.yaml", "176_lookup_table.yaml"]}}}}}
+TIMINGS_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "required": ["timings"], "properties": {
+        "timings": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["config", "latency_ms"],
+                                                              "properties": {"config": {"type": "object"},
+                                                                             "latency_ms": {"type": "number",
+                                                                                            "exclusiveMinimum": 0}}}},
+        "description": {"type": "string"}}},
+    "example": TimingsIn.model_config["json_schema_extra"]["examples"][0]}}}}
+TABLE_TEXT = {"application/yaml": {"example": "resolutions:\n  '32':\n    Conv-input:32x32x3-output:16x16x8:\n"
+                                              "      count: 10\n      mean: 0.05\n      std: 0.001\n"},
+              "application/json": {"example": {"resolutions": {"32": {"Conv-input:32x32x3-output:16x16x8": {
+                  "count": 10, "mean": 0.05, "std": 0.001}}}}}}
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -77,30 +90,28 @@ async def _table_docs(request: Request, limit: int, fmt: str | None) -> tuple[li
 
 
 def _enqueue_front(request: Request, device_id: int, table_id: int, supernet: str) -> None:
-    settings = request.app.state.settings
-    try:
-        Q.publish(request.app.state.celery, settings.task_queue, Q.COMPUTE_FRONT, [device_id, table_id, supernet],
-                  settings.broker_publish_timeout_s)
-    except Exception:
-        pass  # the table is committed; the front can be recomputed later (ofa CLI / next change)
+    Q.publish_front(request.app.state.celery, request.app.state.settings, device_id, table_id, supernet)
 
 
-@router.get("", response_model=DevicePage)
+@router.get("", response_model=DevicePage, summary="List devices")
 def list_devices(s: SessionDep, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
                  supernet: str | None = None, q: str | None = Query(None, description="name contains"),
                  kind: str | None = Query(None, description="uploaded | calibrated | profiled")):
+    """Devices by name, filtered by supernet, name substring and kind; paginated."""
     rows, total = repo.list_devices(s, offset, limit, supernet, q, kind)
     return DevicePage(items=[service.device_out(s, d) for d in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{name}", response_model=DeviceOut)
+@router.get("/{name}", response_model=DeviceOut, summary="Get a device", responses=errors(404))
 def get_device(name: str, s: SessionDep):
+    """A device with its table versions and the stored Pareto front of the current one."""
     return service.device_out(s, service.get_device(s, name), detail=True)
 
 
-@router.get("/{name}/latency-table", response_class=PlainTextResponse,
-            responses={200: {"content": {"application/yaml": {}, "application/json": {}}}})
+@router.get("/{name}/latency-table", response_class=PlainTextResponse, summary="Download a latency table",
+            responses={200: {"content": TABLE_TEXT}, **errors(404, 422)})
 def get_table(name: str, s: SessionDep, format: Literal["yaml", "json"] = "yaml", version: int | None = None):
+    """The current (or a given) table version as YAML or JSON; re-uploads as an equal table."""
     d = service.get_device(s, name)
     t = repo.table_version(s, d, version) if version else repo.current_table(s, d)
     if t is None:
@@ -110,7 +121,8 @@ def get_table(name: str, s: SessionDep, format: Literal["yaml", "json"] = "yaml"
                              headers={"ETag": f'"{t.sha256}"', "X-Table-Version": str(t.version)})
 
 
-@router.post("", status_code=201, response_model=DeviceOut, openapi_extra=TABLE_BODY)
+@router.post("", status_code=201, response_model=DeviceOut, openapi_extra=TABLE_BODY, summary="Register a device",
+             responses=errors(401, 404, 409, 413, 422))
 async def create_device(request: Request, s: SessionDep, store: StoreDep, settings: SettingsDep, _key: ApiKeyDep,
                         name: str | None = None, supernet: str | None = None, description: str = "",
                         format: Literal["yaml", "json"] | None = None):
@@ -127,7 +139,8 @@ async def create_device(request: Request, s: SessionDep, store: StoreDep, settin
     return service.device_out(s, d, detail=True)
 
 
-@router.put("/{name}", response_model=DeviceOut, openapi_extra=TABLE_BODY)
+@router.put("/{name}", response_model=DeviceOut, openapi_extra=TABLE_BODY, summary="Upload a new table version",
+            responses=errors(401, 404, 413, 422))
 async def new_version(name: str, request: Request, s: SessionDep, store: StoreDep, settings: SettingsDep,
                       _key: ApiKeyDep, description: str | None = None, format: Literal["yaml", "json"] | None = None):
     """Upload a new table version; jobs already created keep the version they were created with."""
@@ -139,17 +152,18 @@ async def new_version(name: str, request: Request, s: SessionDep, store: StoreDe
     return service.device_out(s, d, detail=True)
 
 
-@router.post("/{name}/timings", response_model=DeviceOut, status_code=201)
+@router.post("/{name}/timings", response_model=DeviceOut, status_code=201, openapi_extra=TIMINGS_BODY,
+             summary="Calibrate from whole-network timings", responses=errors(401, 404, 413, 422))
 async def timings(name: str, request: Request, s: SessionDep, store: StoreDep, settings: SettingsDep,
                   _key: ApiKeyDep):
-    """Whole-network timings `{"timings": [{"config": {...}, "latency_ms": x}, ...]}` -> a calibrated version."""
+    """Whole-network timings `{"timings": [{"config": {...}, "latency_ms": x}, ...]}` -> a calibrated table version
+    (ofa_core.calibrate: per-operator NNLS fit pulled towards the current version)."""
     data = await _read_limited(request, settings.max_timings_bytes)
     d = service.get_device(s, name)
     try:
-        doc = json.loads(data) if data.lstrip().startswith(b"{") else yaml.safe_load(data)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        line = getattr(e, "lineno", None) or (getattr(getattr(e, "problem_mark", None), "line", -1) + 1 or None)
-        raise MalformedTable(f"timings do not parse: {e}", line=line) from None
+        doc = T.load_document(data)
+    except T.TableError as e:
+        raise MalformedTable(f"timings do not parse: {e.message}", line=e.line) from None
     try:
         body = TimingsIn.model_validate(doc)
     except ValidationError as e:

@@ -5,6 +5,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from ofa_core.latency import LatencyEntry as Entry
 from service.db.models import Device, LatencyEntry, LatencyTable, ParetoFront, Supernet
 from service.engine.tables import Table
 
@@ -47,8 +48,8 @@ def add_table(s: Session, device: Device, table: Table, source: str, provenance:
     s.add(row)
     s.flush()
     s.execute(insert(LatencyEntry), [
-        {"table_id": row.id, "resolution": r, "key": k, "count": c, "mean": m, "std": sd}
-        for r, t in table.items() for k, (c, m, sd) in t.items()])
+        {"table_id": row.id, "resolution": r, "key": k, "count": e.count, "mean": e.mean, "std": e.std}
+        for r, t in table.items() for k, e in t.items()])
     device.current_version = version
     s.flush()
     return row
@@ -73,7 +74,7 @@ def load_entries(s: Session, table_id: int) -> Table:
     for r, k, c, m, sd in s.execute(select(LatencyEntry.resolution, LatencyEntry.key, LatencyEntry.count,
                                            LatencyEntry.mean, LatencyEntry.std)
                                     .where(LatencyEntry.table_id == table_id)):
-        out.setdefault(int(r), {})[k] = (int(c), float(m), float(sd))
+        out.setdefault(int(r), {})[k] = Entry(float(m), float(sd), int(c))
     return out
 
 

@@ -34,6 +34,9 @@ class DeviceOut(BaseModel):
 
 
 class DevicePage(BaseModel):
+    model_config = {"json_schema_extra": {"examples": [{
+        "items": DeviceOut.model_config["json_schema_extra"]["examples"], "total": 1, "limit": 50, "offset": 0}]}}
+
     items: list[DeviceOut]
     total: int
     limit: int

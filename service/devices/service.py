@@ -1,36 +1,29 @@
 """Devices and their versioned latency tables."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ofa_core.calibrate import calibrate as fit_table
 from ofa_core.spec import ConfigError, SubnetConfig
 from service.engine import tables as T
-from service.engine.adapter import validate_table
 from service.errors import DeviceExists, DeviceNotFound, MalformedTable, SupernetNotFound, ValidationFailed
 from service.supernets import repository as supernet_repo
 from service.supernets.store import SupernetStore
 from . import repository as repo
 from .schemas import DeviceOut, TableVersion
 
-log = logging.getLogger("ofa.devices")
-
 
 def parse_upload(store: SupernetStore, supernet: str, docs: list[tuple[bytes, str | None, str | None]]) -> T.Table:
     """docs: (bytes, format, filename). Raises MalformedTable naming the key or line."""
     eng = store.get(supernet)
     try:
-        table = T.merge([T.parse_document(data, fmt, fn) for data, fmt, fn in docs])
-        validate_table(eng.spec, table)
+        return T.parse_upload(eng.spec, docs)
     except T.TableError as e:
         raise MalformedTable(e.message, key=e.key, line=e.line) from None
-    except UnicodeDecodeError:
-        raise MalformedTable("the table is not UTF-8 text") from None
-    return table
 
 
 def get_device(s: Session, name: str):
@@ -76,7 +69,7 @@ def add_version(s: Session, device, table: T.Table, source: str, provenance: dic
 
 
 def calibrate(store: SupernetStore, s: Session, device, timings: list[dict[str, Any]]) -> tuple[T.Table, dict]:
-    """Whole-network timings -> a calibrated table (ofa_core.calibrate when present, else one scale factor)."""
+    """Whole-network timings -> a calibrated table (ofa_core.calibrate: NNLS with a pull towards the current one)."""
     eng = store.get(device.supernet.name)
     current = repo.current_table(s, device)
     table = repo.load_entries(s, current.id)
@@ -89,31 +82,14 @@ def calibrate(store: SupernetStore, s: Session, device, timings: list[dict[str, 
         if cfgs[-1].r not in table:
             raise ValidationFailed(f"timings[{i}].config.r", f"resolution {cfgs[-1].r} is not in the device's table "
                                    f"({sorted(table)})")
+    enc = np.stack([c.encode() for c in cfgs])
     measured = np.array([float(t["latency_ms"]) for t in timings])
-    lat = eng.latency_model(("table", current.id), lambda: table)
-    predicted = lat(np.stack([c.encode() for c in cfgs]))
-    try:
-        import importlib
-        cal = importlib.import_module("ofa_core.calibrate")  # the package re-exports a function of that name
-        from ofa_core.latency import LatencyTable
-        prior = LatencyTable(eng.spec, {r: {k: {"count": c, "mean": m, "std": sd} for k, (c, m, sd) in t.items()}
-                                        for r, t in table.items()})
-        fitted = cal.calibrate(prior, np.stack([c.encode() for c in cfgs]), measured)
-        new = {int(r): {k: (int(e.count), float(e.mean), float(e.std)) for k, e in t.items()}
-               for r, t in fitted.tables.items()}
-        after = np.asarray(fitted.predict(np.stack([c.encode() for c in cfgs])))
-        return new, {"method": "ofa_core.calibrate", "n_timings": len(cfgs), "based_on_version": current.version,
-                     "mean_rel_error_after": float((np.abs(after - measured) / measured).mean()),
-                     "environment": fitted.environment}
-    except ImportError:
-        pass
-    except Exception:
-        log.warning("ofa_core.calibrate failed; using the scale-factor fit", exc_info=True)
-    scale = float(np.dot(predicted, measured) / max(np.dot(predicted, predicted), 1e-12))
-    new = {r: {k: (c, m * scale, sd * scale) for k, (c, m, sd) in t.items()} for r, t in table.items()}
-    rel = np.abs(predicted * scale - measured) / measured
-    return new, {"method": "least-squares scale", "scale": scale, "n_timings": len(cfgs),
-                 "mean_rel_error_after": float(rel.mean()), "based_on_version": current.version}
+    prior = eng.efficiency(current.id, lambda: table).latency_table
+    fitted = fit_table(prior, enc, measured)
+    after = np.asarray(fitted.predict(enc))
+    return fitted.tables, {"method": "ofa_core.calibrate", "n_timings": len(cfgs), "based_on_version": current.version,
+                           "mean_rel_error_after": float((np.abs(after - measured) / measured).mean()),
+                           "environment": fitted.environment}
 
 
 def device_out(s: Session, d, detail: bool = False) -> DeviceOut:

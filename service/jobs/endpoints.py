@@ -3,14 +3,15 @@ from __future__ import annotations
 import asyncio
 import json
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.db.session import SessionDep
 from service.deps import CeleryDep, SettingsDep, StoreDep
-from service.errors import ServiceError
+from service.errors import JobNotFound
 from service.metrics import JOBS_CREATED, SPECIALIZE_ANSWERS
+from service.openapi import errors
 from . import service
 from .schemas import JobOut, SpecializeRequest
 
@@ -18,14 +19,19 @@ router = APIRouter(tags=["jobs"])
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-@router.post("/specialize", response_model=JobOut, status_code=202,
+@router.post("/specialize", response_model=JobOut, status_code=202, summary="Specialize a sub-network for a device",
              responses={200: {"model": JobOut, "description": "answered at once (cache or Pareto front)"},
                         202: {"model": JobOut, "description": "queued; follow Location"},
-                        404: {"description": "unknown device or supernet"},
-                        422: {"description": "malformed body (names the field) or infeasible constraints (states minima)"},
-                        503: {"description": "broker unreachable; nothing queued"}})
+                        **errors(404, 422, 503, e422={
+                            "code": "infeasible_constraints", "violated": ["accuracy_floor"], "best_accuracy": 0.7628,
+                            "message": "no sub-network within the constraints reaches accuracy_floor 0.9; best "
+                                       "achievable predicted accuracy: 0.7628",
+                            "minima": {"latency_ms": 0.633, "macs": 4100000, "params": 360000,
+                                       "peak_memory_bytes": 98304}})})
 def specialize(body: SpecializeRequest, s: SessionDep, store: StoreDep, settings: SettingsDep, celery: CeleryDep):
-    """Find the most accurate sub-network within the constraints on a device."""
+    """The most accurate sub-network within the constraints on a device or, with `accuracy_floor`, the fastest one
+    whose predicted accuracy reaches the floor. 422 states the smallest achievable value of every metric (or the
+    best achievable accuracy for an unreachable floor)."""
     job, answered = service.specialize(s, store, settings, celery, body)
     out = service.job_out(job)
     if answered:
@@ -36,12 +42,14 @@ def specialize(body: SpecializeRequest, s: SessionDep, store: StoreDep, settings
     return JSONResponse(out.model_dump(mode="json"), status_code=202, headers={"Location": f"/jobs/{job.id}"})
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut)
+@router.get("/jobs/{job_id}", response_model=JobOut, summary="Get a job", responses=errors(404))
 def get_job(job_id: str, s: SessionDep):
+    """Status, progress, the best so far while running, and the result or the error."""
     return service.job_out(service.get_job(s, job_id))
 
 
-@router.delete("/jobs/{job_id}", response_model=JobOut, status_code=202)
+@router.delete("/jobs/{job_id}", response_model=JobOut, status_code=202, summary="Cancel a job",
+               responses={200: {"model": JobOut, "description": "already finished or cancelled"}, **errors(404)})
 def cancel_job(job_id: str, s: SessionDep):
     """Cancel: a queued job at once, a running one at the next generation. Finished jobs are left as they are."""
     job = service.cancel(s, job_id)
@@ -59,7 +67,11 @@ def _sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-@router.get("/jobs/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+@router.get("/jobs/{job_id}/events", summary="Stream a job's progress (SSE)", responses={
+    200: {"content": {"text/event-stream": {"example": 'event: state\ndata: {"id": "6f1c...", "status": "queued"}\n\n'
+                                                       'event: progress\ndata: {"generation": 40, "progress": 0.4}\n\n'
+                                                       'event: result\ndata: {"status": "succeeded", "result": {}}\n\n'}}},
+    **errors(404)})
 async def job_events(job_id: str, request: Request, settings: SettingsDep):
     """Server-sent events: `state` (current state first), `progress` per generation seen, then `result`
     (or `failed` / `cancelled`) and the stream ends. Progress is read from the database, so it works on
@@ -67,7 +79,6 @@ async def job_events(job_id: str, request: Request, settings: SettingsDep):
     db = request.app.state.db
     first = await run_in_threadpool(_snapshot, db, job_id)
     if first is None:
-        from service.errors import JobNotFound
         raise JobNotFound(job_id)
 
     async def stream():

@@ -51,6 +51,12 @@ def progress(s: Session, job_id: str, token: str, generation: int, generations: 
     return not s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
 
 
+def release(s: Session, job_id: str, token: str) -> None:
+    """Give a running job's lease back (queued again) so that a retry can claim it."""
+    s.execute(update(Job).where(Job.id == job_id, Job.lease_token == token, Job.status == "running")
+              .values(status="queued", lease_token=None).execution_options(synchronize_session=False))
+
+
 def finish(s: Session, job_id: str, token: str | None, status: str, **values: Any) -> bool:
     stmt = update(Job).where(Job.id == job_id, Job.status.in_(("queued", "running")))
     if token is not None:

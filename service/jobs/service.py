@@ -10,12 +10,14 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ofa_core.search import METRICS, InfeasibleError
 from ofa_core.spec import SubnetConfig
+from service.db.base import utcnow
 from service.db.models import Job
 from service.devices import repository as device_repo
 from service.devices.service import get_device
+from service.engine.adapter import SupernetEngine
 from service.errors import (InfeasibleConstraints, JobNotFound, ServiceUnavailable, ValidationFailed)
-from service.engine.adapter import Infeasible
 from service.settings import Settings
 from service.subnets import repository as subnet_repo
 from service.supernets import repository as supernet_repo
@@ -25,20 +27,20 @@ from . import repository as repo
 from .schemas import JobOut, SpecializeRequest, SubnetResult
 
 log = logging.getLogger("ofa.jobs")
-METRIC_KEYS = ("latency_ms", "macs", "params", "peak_memory_bytes")
 
 
 def request_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def subnet_result(subnet_id: str, supernet: str, config: dict, accuracy, latency, metrics: dict) -> dict[str, Any]:
+def subnet_result(subnet_id: str, supernet: str, config: dict, accuracy: float | None, metrics: dict
+                  ) -> dict[str, Any]:
+    """A job's result: the sub-network with its predicted accuracy and every metric (None where unknown)."""
+    num = lambda k, cast: None if metrics.get(k) is None else cast(metrics[k])  # noqa: E731
     return {"subnet_id": subnet_id, "supernet": supernet, "config": config,
             "predicted_accuracy": None if accuracy is None else float(accuracy),
-            "predicted_latency_ms": None if latency is None else float(latency),
-            "macs": None if metrics.get("macs") is None else int(metrics["macs"]),
-            "params": None if metrics.get("params") is None else int(metrics["params"]),
-            "peak_memory_bytes": None if metrics.get("peak_memory_bytes") is None else int(metrics["peak_memory_bytes"]),
+            "predicted_latency_ms": num("latency_ms", float), "macs": num("macs", int), "params": num("params", int),
+            "peak_memory_bytes": num("peak_memory_bytes", int),
             "links": {"self": f"/subnets/{subnet_id}", "checkpoint": f"/subnets/{subnet_id}/checkpoint",
                       "net_config": f"/subnets/{subnet_id}/net.config"}}
 
@@ -55,10 +57,43 @@ def job_out(job: Job) -> JobOut:
                   links={"self": f"/jobs/{job.id}", "events": f"/jobs/{job.id}/events"})
 
 
-def _front_answer(points: list[dict[str, Any]], constraints: dict[str, float], floor: float | None):
+def front_answer(points: list[dict[str, Any]], constraints: dict[str, float], floor: float | None
+                 ) -> dict[str, Any] | None:
+    """The stored front's answer with the search's semantics: the most accurate point within the constraints or,
+    with an accuracy floor, the fastest point within them whose accuracy reaches the floor."""
     ok = [p for p in points if all(p.get(k) is not None and p[k] <= v for k, v in constraints.items())
           and (floor is None or p["accuracy"] >= floor)]
-    return max(ok, key=lambda p: p["accuracy"]) if ok else None
+    if not ok:
+        return None
+    if floor is None:
+        return max(ok, key=lambda p: p["accuracy"])
+    return min(ok, key=lambda p: (p["latency_ms"], -p["accuracy"]))
+
+
+def infeasible(minima: dict[str, float], constraints: dict[str, float], error: InfeasibleError | None = None
+               ) -> InfeasibleConstraints:
+    """422 body for a request no sub-network meets: what was asked and what is achievable (the smallest value of
+    every metric; for an accuracy floor, the best predicted accuracy found within the constraints)."""
+    mins = {k: (float(minima[k]) if k == "latency_ms" else int(minima[k])) for k in METRICS}
+    if error is not None and "min_accuracy" in error.minima:
+        best, floor = float(error.minima["min_accuracy"]), float(error.limits["min_accuracy"])
+        return InfeasibleConstraints(
+            f"no sub-network within the constraints reaches accuracy_floor {floor:g}; best achievable predicted "
+            f"accuracy: {best:.4f}", mins, violated=["accuracy_floor"], best_accuracy=best)
+    violated = [k for k, v in constraints.items() if minima[k] > v] or sorted(error.minima if error else constraints)
+    return InfeasibleConstraints(
+        "no sub-network meets " + ", ".join(f"{k} <= {constraints[k]:g}" for k in violated if k in constraints)
+        + "; smallest achievable: " + ", ".join(f"{k} = {minima[k]:g}" for k in METRICS), mins, violated=violated)
+
+
+def check_floor(eng: SupernetEngine, eff, constraints: dict[str, float], floor: float, options: dict[str, int],
+                settings: Settings) -> None:
+    """InfeasibleError now (-> 422 before anything is queued) when a bounded accuracy search within the constraints
+    (the check ofa_core's search runs before it minimises latency under a floor) finds nothing reaching the floor."""
+    r = eng.search(eff, constraints, None, min(options["population"], settings.floor_check_population),
+                   min(options["generations"], settings.floor_check_generations), options["seed"])
+    if r.predicted_acc < floor:
+        raise InfeasibleError({"min_accuracy": r.predicted_acc}, {**constraints, "min_accuracy": floor})
 
 
 def specialize(s: Session, store: SupernetStore, settings: Settings, celery, body: SpecializeRequest
@@ -78,18 +113,10 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
                                  f"OFA_PREDICTORS='{{\"{supernet}\": \"/path\"}}'", supernet=supernet)
     table = device_repo.current_table(s, device)
     sn_row = supernet_repo.get_by_name(s, supernet)
-    lat = eng.latency_model(("table", table.id), lambda: device_repo.load_entries(s, table.id))
-    try:
-        minima = eng.minima(lat)
-    except Infeasible as e:
-        raise InfeasibleConstraints(e.violated[0], e.minima) from None
-    violated = [k for k, v in constraints.items() if minima[k] > v]
-    if violated:
-        raise InfeasibleConstraints(
-            "no sub-network meets " + ", ".join(f"{k} <= {constraints[k]:g}" for k in violated)
-            + "; smallest achievable: " + ", ".join(f"{k} = {minima[k]:g}" for k in METRIC_KEYS),
-            {k: (float(minima[k]) if k == "latency_ms" else int(minima[k])) for k in METRIC_KEYS},
-            violated=violated)
+    eff = eng.efficiency(table.id, lambda: device_repo.load_entries(s, table.id))
+    minima = eng.minima(eff)
+    if any(minima[k] > v for k, v in constraints.items()):
+        raise infeasible(minima, constraints)
     options = {"population": body.options.population or settings.default_population,
                "generations": body.options.generations or settings.default_generations,
                "seed": body.options.seed if body.options.seed is not None else 0}
@@ -102,21 +129,23 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
         return existing, existing.status == "succeeded"
     job = Job(id=uuid.uuid4().hex, supernet_id=sn_row.id, supernet_version=eng.version, device_id=device.id,
               table_id=table.id, request_hash=h, request=request, status="queued", source="search")
-    answered = False
-    if body.use_pareto:
-        front = device_repo.front_for(s, sn_row.id, table.id)
-        point = _front_answer(front.points, constraints, body.accuracy_floor) if front else None
-        if point is not None:
-            cfg = SubnetConfig.from_dict(eng.spec, point["config"])
-            sid = cfg.content_id()
-            metrics = {k: point[k] for k in METRIC_KEYS}
-            subnet_repo.get_or_create(s, sid, sn_row.id, cfg.to_dict(), metrics)
-            job.status, job.source, job.progress, job.subnet_id = "succeeded", "pareto", 1.0, sid
-            job.result = subnet_result(sid, supernet, cfg.to_dict(), point["accuracy"], point["latency_ms"], metrics)
-            job.generation = options["generations"]
-            from service.db.base import utcnow
-            job.started_at = job.finished_at = utcnow()
-            answered = True
+    front = device_repo.front_for(s, sn_row.id, table.id) if body.use_pareto else None
+    point = front_answer(front.points, constraints, body.accuracy_floor) if front else None
+    if point is not None:
+        cfg = SubnetConfig.from_dict(eng.spec, point["config"])
+        sid = cfg.content_id()
+        metrics = {k: point[k] for k in METRICS}
+        subnet_repo.get_or_create(s, sid, sn_row.id, cfg.to_dict(), metrics)
+        job.status, job.source, job.progress, job.subnet_id = "succeeded", "pareto", 1.0, sid
+        job.result = subnet_result(sid, supernet, cfg.to_dict(), point["accuracy"], metrics)
+        job.generation = options["generations"]
+        job.started_at = job.finished_at = utcnow()
+    elif body.accuracy_floor is not None:
+        try:
+            check_floor(eng, eff, constraints, body.accuracy_floor, options, settings)
+        except InfeasibleError as e:
+            raise infeasible(minima, constraints, e) from None
+    answered = point is not None
     try:
         repo.add(s, job)
         s.commit()

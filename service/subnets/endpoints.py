@@ -12,35 +12,47 @@ from service.db.session import SessionDep
 from service.deps import StoreDep
 from service.errors import RangeNotSatisfiable, SubnetNotFound
 from service.metrics import CHECKPOINT_BYTES
+from service.openapi import errors, example
 from service.supernets import repository as supernet_repo
 from . import repository as repo
 
 router = APIRouter(prefix="/subnets", tags=["subnets"])
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+CONFIG = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": 32}
+SUBNET = {"id": "9b1e0c4f2a7d", "supernet": "ofa_mbv3_cifar10", "config": CONFIG, "macs": 4100000, "params": 360000,
+          "peak_memory_bytes": 98304, "predicted_accuracy": 0.7463, "checkpoint_available": True,
+          "created_at": "2025-01-01T00:00:00+00:00",
+          "links": {"checkpoint": "/subnets/9b1e0c4f2a7d/checkpoint?format=safetensors",
+                    "net_config": "/subnets/9b1e0c4f2a7d/net.config"}}
+NET_CONFIG = {"name": "MobileNetV3", "bn": {"momentum": 0.1, "eps": 1e-05}, "first_conv": {"name": "ConvLayer"},
+              "blocks": [{"name": "ResidualBlock"}], "final_expand_layer": {"name": "ConvLayer"},
+              "feature_mix_layer": {"name": "ConvLayer"}, "classifier": {"name": "LinearLayer", "out_features": 10}}
 
 
 def _load(s, store, subnet_id: str):
     row = repo.get(s, subnet_id)
     if row is None:
         raise SubnetNotFound(subnet_id)
-    sn = s.get(supernet_repo.Supernet, row.supernet_id)
+    sn = supernet_repo.get(s, row.supernet_id)
     eng = store.get(sn.name)
     return row, sn, eng, SubnetConfig.from_dict(eng.spec, row.config)
 
 
-@router.get("/{subnet_id}")
+@router.get("/{subnet_id}", summary="Get a sub-network", responses={200: example(SUBNET), **errors(404)})
 def get_subnet(subnet_id: str, s: SessionDep, store: StoreDep):
+    """Configuration, costs and predicted accuracy of a sub-network found by a search."""
     row, sn, eng, cfg = _load(s, store, subnet_id)
     return {"id": row.id, "supernet": sn.name, "config": row.config, "macs": row.macs, "params": row.params,
             "peak_memory_bytes": row.peak_memory_bytes,
-            "predicted_accuracy": eng.metrics(cfg, None)["accuracy"], "checkpoint_available": eng.has_weights,
+            "predicted_accuracy": eng.predicted_accuracy(cfg), "checkpoint_available": eng.has_weights,
             "created_at": row.created_at.isoformat(),
             "links": {"checkpoint": f"/subnets/{row.id}/checkpoint?format=safetensors",
                       "net_config": f"/subnets/{row.id}/net.config"}}
 
 
-@router.get("/{subnet_id}/net.config")
+@router.get("/{subnet_id}/net.config", summary="Get the net.config", responses={200: example(NET_CONFIG), **errors(404)})
 def net_config(subnet_id: str, s: SessionDep, store: StoreDep):
+    """The published OFA `net.config` of the extracted network."""
     row, sn, eng, cfg = _load(s, store, subnet_id)
     return JSONResponse(eng.net_config(cfg), headers={"Content-Disposition": f'attachment; filename="{row.id}.net.config"'})
 
@@ -67,12 +79,15 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-@router.get("/{subnet_id}/checkpoint", responses={
-    200: {"content": {"application/octet-stream": {}}, "description": "weights (safetensors by default)"},
+@router.get("/{subnet_id}/checkpoint", summary="Download the weights", response_class=StreamingResponse, responses={
+    200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+          "description": "weights (safetensors by default)"},
     206: {"description": "partial content for a Range request"},
-    409: {"description": "the supernet has no weights loaded; the error names the file to configure"}})
+    **errors(404, 409, 416, e409={"code": "weights_missing", "supernet": "ofa_mbv3_d234_e346_k357_w1.2",
+                                  "message": "supernet 'ofa_mbv3_d234_e346_k357_w1.2' has no weights loaded; ..."})})
 async def checkpoint(subnet_id: str, request: Request, s: SessionDep, store: StoreDep,
                      format: Literal["safetensors", "pt", "torchscript", "onnx"] = "safetensors"):
+    """The sub-network's weights cut from the in-memory supernet: ETag = sha256, resumable with Range/If-Range."""
     row, sn, eng, cfg = _load(s, store, subnet_id)
     store.require_weights(sn.name)
     art = await run_in_threadpool(eng.artifact, row.id, cfg, format)

@@ -8,6 +8,10 @@ from sqlalchemy.orm import Session
 from service.db.models import Supernet
 
 
+def get(s: Session, supernet_id: int) -> Supernet | None:
+    return s.get(Supernet, supernet_id)
+
+
 def get_by_name(s: Session, name: str) -> Supernet | None:
     return s.scalar(select(Supernet).where(Supernet.name == name))
 

@@ -3,7 +3,6 @@ predictors, kept in memory; sub-network weights are streamed from them via ofa_c
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from sqlalchemy.exc import IntegrityError
