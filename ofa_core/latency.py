@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -341,7 +342,7 @@ class LatencyTable:
         for name in os.listdir(directory):
             if name.endswith("_lookup_table.yaml"):
                 try:
-                    found[int(name.split("_", 1)[0])] = os.path.join(directory, name)
+                    found[int(name.split("_", 1)[0])] = pathlib.Path(directory, name)
                 except ValueError:
                     continue
         if resolutions is not None:
@@ -436,9 +437,9 @@ def _key_line(text: str, key: str) -> int | None:
 
 
 def _is_path(x: Any) -> bool:
-    if isinstance(x, os.PathLike):
-        return True
-    return isinstance(x, str) and "\n" not in x and len(x) < 4096 and os.path.exists(x)
+    """Only os.PathLike values (pathlib.Path) are files; a str is always the table's text. Guessing that a
+    string "looks like a path" would let uploaded text make the server read its own files."""
+    return isinstance(x, os.PathLike)
 
 
 def _read_maybe_path(x: str | os.PathLike) -> str:
@@ -446,8 +447,6 @@ def _read_maybe_path(x: str | os.PathLike) -> str:
         with open(x, encoding="utf-8") as f:
             return f.read()
     if isinstance(x, str):
-        if "\n" not in x and (x.endswith(".yaml") or x.endswith(".json") or x.endswith(".yml")):
-            raise LatencyTableError(f"{x}: no such file")
         return x
     raise LatencyTableError(f"expected a path or text, got {type(x).__name__}")
 

@@ -108,10 +108,10 @@ def parse_document(spec: SupernetSpec, data: bytes | str, fmt: str | None = None
     text = _text(data)
     as_json = _is_json(text, fmt)
     if not as_json and not _MULTI_RE.search(text):
-        # the published per-resolution YAML; the newline keeps ofa_core from reading the text as a file path
+        # the published per-resolution YAML
         r = _resolution(text, filename)
         try:
-            return {r: parse_yaml_table(text if "\n" in text else text + "\n", r)}
+            return {r: parse_yaml_table(text, r)}
         except LatencyTableError as e:
             raise _table_error(e) from None
     doc = _load(text, as_json)

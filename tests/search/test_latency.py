@@ -80,3 +80,12 @@ def test_100k_batch_matches_reference_on_a_sample(note10):
     idx = np.arange(0, 100_000, 9973)
     np.testing.assert_allclose(lat[idx], [note10.predict_one(SubnetConfig.from_encoded(note10.spec, enc[i]))
                                          for i in idx], rtol=0, atol=1e-9)
+
+
+def test_a_string_is_always_table_text_never_a_file_name(tmp_path):
+    from ofa_core.latency import parse_yaml_table
+    secret = tmp_path / "160_lookup_table.yaml"
+    secret.write_text(_text(160))
+    with pytest.raises(LatencyTableError, match="expected a mapping"):
+        parse_yaml_table(str(secret), 160)           # the path string is YAML text: a scalar, not read
+    assert len(parse_yaml_table(secret, 160)) > 0    # a pathlib.Path is a file
