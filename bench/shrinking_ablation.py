@@ -29,15 +29,15 @@ def run(args) -> dict:
     train, hold = holdout_split(splits["train"], args.holdout, seed=0)
     train = train.sample(args.train_images, seed=args.seed)
     ps = progressive_shrinking_phases(spec, args.scale, args.lr)
-    total_epochs = sum(p.epochs for p in ps)
     steps_per_epoch = len(train) // args.batch_size
-    schedules = {
+    ps_steps = sum(p.steps(steps_per_epoch) for p in ps)
+    schedules = {   # the same number of optimizer steps for both
         "progressive": ps,
-        "one-shot": one_shot_phases(spec, total_epochs, args.lr, n_subnets=2),
+        "one-shot": one_shot_phases(spec, ps_steps / steps_per_epoch, args.lr, n_subnets=2),
     }
     results = {"train_images": len(train), "holdout_images": len(hold), "batch_size": args.batch_size,
-               "steps": {k: sum(max(1, int(round(p.epochs * steps_per_epoch))) for p in v)
-                         for k, v in schedules.items()}, "acc": {}, "wall_s": {}}
+               "steps": {k: sum(p.steps(steps_per_epoch) for p in v) for k, v in schedules.items()},
+               "acc": {}, "wall_s": {}}
     for name, phases in schedules.items():
         t = time.time()
         cfg = TrainConfig(phases=phases, batch_size=args.batch_size, seed=args.seed, threads=args.threads,

@@ -41,6 +41,10 @@ class Phase:
     distill: bool = True
     warmup_epochs: float = 0.0
 
+    def steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of this phase (at least one)."""
+        return max(1, int(round(self.epochs * steps_per_epoch)))
+
 
 def progressive_shrinking_phases(spec: SupernetSpec, scale: float = 1.0, base_lr: float = 0.1) -> list[Phase]:
     """The published schedule's phases, with epochs scaled for small data sets (`scale` multiplies them)."""
@@ -209,7 +213,7 @@ class ProgressiveShrinkingTrainer:
         while self.state["phase"] < len(cfg.phases):
             pi = self.state["phase"]
             phase = cfg.phases[pi]
-            total = max(1, int(round(phase.epochs * self.steps_per_epoch)))
+            total = phase.steps(self.steps_per_epoch)
             if self.state.get("initialised_phase", -1) < pi:
                 self.state["initialised_phase"] = pi
                 if phase.sort_channels:
