@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from .latency import (LatencyEntry, LatencyTable, block_operator_key, fixed_operator_keys, parse_operator_key,
                       required_operator_keys)
+from .extract import extract
 from .mbv3 import ConvLayer, LinearLayer, MBConvLayer, ResidualBlock
 from .spec import SubnetConfig, SupernetSpec, get_spec
 
@@ -184,13 +185,8 @@ def measure_end_to_end(module: nn.Module, r: int, repeats: int = 30, warmup: int
 
 
 def subnet_module(supernet: nn.Module, cfg: SubnetConfig) -> nn.Module:
-    """A static network for cfg (ofa_core.extract when available), else the supernet set to cfg."""
-    try:
-        from .extract import extract
-        return extract(supernet, cfg).eval()
-    except ImportError:
-        supernet.set_active(cfg)
-        return supernet.eval()
+    """The extracted static network for cfg (what a device would run)."""
+    return extract(supernet, cfg).eval()
 
 
 def check_table(supernet: nn.Module, table: LatencyTable, n: int = 50, *, rng: np.random.Generator | int = 0,
