@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .costs import CostModel
 from .spec import SubnetConfig, SupernetSpec, active_mask, canonicalize_encoded
 
 METRICS = ("latency_ms", "macs", "params", "peak_memory_bytes")
@@ -64,17 +65,9 @@ class Efficiency:
 
     @classmethod
     def default(cls, spec: SupernetSpec, latency_table: Any = None) -> "Efficiency":
-        """Latency from a table plus MACs/params/peak memory from `ofa_core.costs.CostModel` when it exists."""
-        kw: dict[str, Any] = {}
-        try:
-            from .costs import CostModel  # optional: written separately
-            cm = CostModel(spec)
-            for name, attr in (("macs", "macs"), ("params", "params"), ("peak_memory_bytes", "peak_memory")):
-                if hasattr(cm, attr):
-                    kw[name] = getattr(cm, attr)
-        except Exception:
-            pass
-        return cls(spec, latency_ms=latency_table, **kw)
+        """Latency from a table plus MACs/params/peak memory from `ofa_core.costs.CostModel`."""
+        cm = CostModel(spec)
+        return cls(spec, latency_ms=latency_table, macs=cm.macs, params=cm.params, peak_memory_bytes=cm.peak_memory)
 
     @property
     def names(self) -> list[str]:
