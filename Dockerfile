@@ -8,6 +8,8 @@ COPY service ./service
 COPY workers ./workers
 COPY migrations ./migrations
 COPY alembic.ini ./
+# Pass --build-arg PIP_EXTRA_INDEX_URL=<a CPU-only torch wheel index> to keep the image free of CUDA libraries.
+ARG PIP_EXTRA_INDEX_URL=""
 RUN pip install . && useradd -r -u 10001 ofa \
     && mkdir -p /app/var && chown ofa /app/var
 USER ofa
