@@ -82,7 +82,7 @@ def build_operator(spec: SupernetSpec, key: str) -> tuple[nn.Module, tuple[int, 
 
 @torch.no_grad()
 def time_module(module: nn.Module, shape: Sequence[int], repeats: int = 50, warmup: int = 10,
-                statistic: str = "median") -> tuple[float, float, int]:
+                statistic: str = "median", flush_bytes: int = 0) -> tuple[float, float, int]:
     """(statistic ms, std ms, count) of `module(x)` for a fixed random input of `shape`.
 
     statistic: "median" (default), or "min" / "p25", which are steadier on a busy host (other processes only
@@ -90,8 +90,12 @@ def time_module(module: nn.Module, shape: Sequence[int], repeats: int = 50, warm
     x = torch.randn(*shape)
     for _ in range(warmup):
         module(x)
+    # Inside a network an operator's weights and input are not cache-hot: evict them between runs (untimed)
+    flush = torch.zeros(flush_bytes // 4) if flush_bytes > 0 else None
     ts = np.empty(repeats)
     for i in range(repeats):
+        if flush is not None:
+            flush.add_(1.0)
         t0 = time.perf_counter()
         module(x)
         ts[i] = (time.perf_counter() - t0) * 1e3
@@ -116,13 +120,16 @@ class _Threads:
 
 
 def profile_table(spec: SupernetSpec | str, resolutions: Iterable[int] | None = None, *, repeats: int = 30,
-                  warmup: int = 5, threads: int = 1, statistic: str = "median",
+                  warmup: int = 5, threads: int = 1, statistic: str = "median", flush_bytes: int = 8 << 20,
                   progress_path: str | os.PathLike | None = None,
                   progress: bool = True, keys_filter: Callable[[str], bool] | None = None) -> LatencyTable:
     """Measure every operator the supernet can use at each resolution; returns a `source="measured"` table.
 
     `progress_path`: JSON file holding the partial results; existing entries (same spec and environment
     threads) are kept and skipped, so an interrupted run resumes.
+    
+    `flush_bytes`: a buffer of this size is written before each timed run so that the operator's weights and
+    input are not cache-hot, as they are not inside a whole network (0 disables; 8 MiB by default).
     """
     spec = get_spec(spec) if isinstance(spec, str) else spec
     res = list(resolutions) if resolutions is not None else list(spec.resolutions)
@@ -159,7 +166,7 @@ def profile_table(spec: SupernetSpec | str, resolutions: Iterable[int] | None = 
             last_save = time.perf_counter()
             for r, key in todo:
                 module, shape = build_operator(spec, key)
-                mean, std, count = time_module(module, shape, repeats, warmup, statistic)
+                mean, std, count = time_module(module, shape, repeats, warmup, statistic, flush_bytes)
                 done.setdefault(str(r), {})[key] = {"mean": mean, "std": std, "count": count}
                 if bar is not None:
                     bar.update(1)
