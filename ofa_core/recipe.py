@@ -71,6 +71,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ablation-json", default=None, help="shrinking ablation results to include in the card")
+    p.add_argument("--card-notes", default=None, help="a Markdown file appended to the model card (run notes)")
     p.add_argument("--cache-dir", default="data/cache")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -92,13 +93,11 @@ def main(argv=None) -> dict:
     phase_log = [json.loads(line) for line in open(os.path.join(a.run, "log.jsonl"))]
 
     # 2. predictor data set on the hold-out split
-    t = time.time()
     data_path = os.path.join(a.run, "predictor_data.jsonl")
     enc, acc = build_predictor_dataset(
         net, spec, a.predictor_subnets, lambda n, c: evaluate_subnet(n, c, train, hold, a.bn_images), data_path,
         rng=a.seed, resume=True, progress=not a.no_progress)
-    timings["predictor_data_s_this_call"] = round(time.time() - t, 1)
-    timings["predictor_data_s_total"] = round(sum(json.loads(l)["seconds"] for l in open(data_path)), 1)
+    timings["predictor_data_s"] = round(sum(json.loads(l)["seconds"] for l in open(data_path)), 1)
 
     # 3. predictor
     t = time.time()
@@ -131,6 +130,9 @@ def main(argv=None) -> dict:
                         for pth in (weights, pred_path)}}
     if a.ablation_json and os.path.exists(a.ablation_json):
         report["ablation"] = json.load(open(a.ablation_json))
+    if a.card_notes:
+        with open(a.card_notes) as fh:
+            report["notes"] = fh.read()
     with open(os.path.join(a.assets, f"{spec.name}.report.json"), "w") as fh:
         json.dump(report, fh, indent=2)
     with open(os.path.join(a.assets, "MODEL_CARD.md"), "w") as fh:
@@ -161,8 +163,8 @@ def model_card(rep: dict) -> str:
     L += ["", f"Batch {rep['train_config']['batch_size']}, SGD nesterov momentum 0.9, wd "
           f"{rep['train_config']['weight_decay']} (none on BN/bias), cosine lr per phase, label smoothing "
           f"{rep['train_config']['label_smoothing']}, KD ratio {rep['train_config']['kd_ratio']} from the full "
-          "network (phases after the first). Held-out accuracies above use the first 2,000 hold-out images at "
-          "the largest resolution after BN recalibration.", "",
+          "network (phases after the first). Held-out accuracies above use 2,000 hold-out images (a seeded "
+          "random sample) at the largest resolution after BN recalibration.", "",
           "## Machine and wall time", "",
           f"{rep['machine']['cpu']}, {rep['machine']['threads']} torch thread(s), torch {rep['machine']['torch']}, "
           f"Python {rep['machine']['python']}; shared with other work while training.", "",
@@ -184,13 +186,16 @@ def model_card(rep: dict) -> str:
     if "ablation" in rep:
         ab = rep["ablation"]
         L += ["## Does progressive shrinking help? (small-scale ablation)", "",
-              f"{ab['train_images']} training images, {ab['steps']} steps each, held-out accuracy "
+              f"{ab['train_images']} training images, {ab['steps']['progressive']} optimizer steps each (batch "
+              f"{ab['batch_size']}), held-out accuracy "
               f"({ab['holdout_images']} images) after BN recalibration.", "",
               "| sub-network (d-e-k) | progressive shrinking | one-shot | difference (pp) |", "|---|---|---|---|"]
         for k in ab["acc"]["progressive"]:
             a1, a2 = ab["acc"]["progressive"][k], ab["acc"]["one-shot"][k]
             L.append(f"| {k} | {pct(a1)} | {pct(a2)} | {100 * (a1 - a2):+.2f} |")
         L.append("")
+    if rep.get("notes"):
+        L += [rep["notes"].rstrip(), ""]
     L += ["## Files", "", "| file | bytes | sha256 |", "|---|---|---|"]
     L += [f"| {k} | {v['bytes']} | `{v['sha256']}` |" for k, v in rep["files"].items()]
     return "\n".join(L) + "\n"
