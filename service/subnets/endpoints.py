@@ -79,7 +79,8 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-@router.get("/{subnet_id}/checkpoint", summary="Download the weights", response_class=StreamingResponse, responses={
+@router.api_route("/{subnet_id}/checkpoint", methods=["GET", "HEAD"], summary="Download the weights",
+                  response_class=StreamingResponse, responses={
     200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
           "description": "weights (safetensors by default)"},
     206: {"description": "partial content for a Range request"},

@@ -194,6 +194,9 @@ def test_checkpoint_range_and_etag(env):
     assert int(full.headers["content-length"]) == len(body)
     assert full.headers["etag"] == f'"{hashlib.sha256(body).hexdigest()}"'
     assert f"{sid}.safetensors" in full.headers["content-disposition"]
+    head = env.client.head(f"/subnets/{sid}/checkpoint?format=safetensors")   # size and ETag before downloading
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(body)) and head.headers["etag"] == full.headers["etag"]
     parts = []
     for start in range(0, len(body), 400_000):
         r = env.client.get(f"/subnets/{sid}/checkpoint", headers={"Range": f"bytes={start}-{start + 399_999}"})
