@@ -117,6 +117,18 @@ class Job(Base):
     table: Mapped[LatencyTable] = relationship(lazy="joined")
 
 
+
+class JobEvent(Base):
+    """One progress record of a running search (generation, best so far), in order: the SSE stream replays
+    them, so a client sees every recorded generation however slowly it polls."""
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    generations: Mapped[int] = mapped_column(Integer)
+    best: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
 class ParetoFront(Base):
     __tablename__ = "pareto_fronts"
     __table_args__ = (UniqueConstraint("supernet_id", "table_id", name="uq_pareto_fronts_supernet_table"),)

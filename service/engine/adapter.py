@@ -72,12 +72,15 @@ class _LRU:
         self._total = 0
         self._lock = threading.Lock()
 
-    def get(self, key, make: Callable[[], Any]):
+    def get(self, key, make: Callable[[], Any], keep: Callable[[Any], bool] = lambda v: True):
+        """The cached value, else `make()` (cached when `keep(value)`)."""
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
         value = make()
+        if not keep(value):
+            return value
         with self._lock:
             if key not in self._items:
                 self._items[key] = value
@@ -98,6 +101,7 @@ class SupernetEngine:
                        "params": functools.partial(cm.params, validate=False),
                        "peak_memory_bytes": functools.partial(cm.peak_memory, validate=False)}
         self._efficiency = _LRU(32)
+        self._fronts = _LRU(64)
         self._artifacts = _LRU(256, 512 * 1024 * 1024, lambda a: a.total_size)
         digest = hashlib.sha256(spec.version.encode())
         if weights_path and os.path.exists(weights_path):
@@ -122,6 +126,11 @@ class SupernetEngine:
         """Latency from a stored table version (an ofa_core LatencyTable) plus this supernet's costs."""
         return self._efficiency.get(table_id, lambda: Efficiency(
             self.spec, latency_ms=latency_table(self.spec, load()), **self._costs))
+
+    def front_points(self, table_id: int, load: Callable[[], Any]) -> list[dict[str, Any]] | None:
+        """The stored Pareto front of a table version (written once per table version, so cached once
+        found); None while the worker has not stored it yet."""
+        return self._fronts.get(table_id, lambda: getattr(load(), "points", None), keep=lambda p: p is not None)
 
     def minima(self, eff: Efficiency) -> dict[str, float]:
         """Smallest achievable value of every metric over the table's resolutions."""

@@ -57,10 +57,16 @@ def cancel_job(job_id: str, s: SessionDep):
                         status_code=200 if job.status in TERMINAL else 202)
 
 
-def _snapshot(db, job_id: str) -> dict | None:
+def _snapshot(db, job_id: str, after_event: int = 0) -> tuple[dict | None, list[dict]]:
+    """The job's current state and its progress records newer than `after_event`."""
     with db.session() as s:
         job = service.repo.get(s, job_id)
-        return None if job is None else service.job_out(job).model_dump(mode="json")
+        if job is None:
+            return None, []
+        events = [{"event_id": e.id, "id": job_id, "status": "running", "generation": e.generation, "generations": e.generations,
+                   "progress": e.generation / max(e.generations, 1), "best_so_far": e.best}
+                  for e in service.repo.events_after(s, job_id, after_event)]
+        return service.job_out(job).model_dump(mode="json"), events
 
 
 def _sse(event: str, data: dict) -> bytes:
@@ -73,36 +79,38 @@ def _sse(event: str, data: dict) -> bytes:
                                                        'event: result\ndata: {"status": "succeeded", "result": {}}\n\n'}}},
     **errors(404)})
 async def job_events(job_id: str, request: Request, settings: SettingsDep):
-    """Server-sent events: `state` (current state first), `progress` per generation seen, then `result`
-    (or `failed` / `cancelled`) and the stream ends. Progress is read from the database, so it works on
-    the embedded default as well as with Redis."""
+    """Server-sent events: `state` (current state first), then `progress` for every generation the worker
+    recorded (at most one per 50 ms, the first and the last always), then `result` (or `failed` /
+    `cancelled`) and the stream ends. Progress records live in the database (`job_events`), so a slow or late
+    client still gets all of them in order, on the embedded default as with PostgreSQL + Redis."""
     db = request.app.state.db
     first = await run_in_threadpool(_snapshot, db, job_id)
-    if first is None:
+    if first[0] is None:
         raise JobNotFound(job_id)
 
     async def stream():
-        snap = first
+        snap, events = first
         yield _sse("state", snap)
-        last = (snap["status"], snap["generation"])
-        idle = 0.0
-        while snap["status"] not in TERMINAL:
+        last_event, last_gen, idle = 0, -1, 0.0
+        while True:
+            for ev in events:                      # every recorded generation, in order
+                last_event = ev.pop("event_id")
+                if ev["generation"] > last_gen:
+                    last_gen = ev["generation"]
+                    yield _sse("progress", ev)
+                    idle = 0.0
+            if snap["status"] in TERMINAL:
+                break
             if await request.is_disconnected():
                 return
             await asyncio.sleep(settings.sse_poll_s)
             idle += settings.sse_poll_s
-            snap = await run_in_threadpool(_snapshot, db, job_id)
-            if snap is None:
-                return
-            cur = (snap["status"], snap["generation"])
-            if cur != last and snap["status"] not in TERMINAL:
-                yield _sse("progress", {"id": snap["id"], "status": snap["status"], "generation": snap["generation"],
-                                        "generations": snap["generations"], "progress": snap["progress"],
-                                        "best_so_far": snap["best_so_far"]})
-                last, idle = cur, 0.0
-            elif idle >= 15:
+            if idle >= 15:
                 yield b": keep-alive\n\n"
                 idle = 0.0
+            snap, events = await run_in_threadpool(_snapshot, db, job_id, last_event)
+            if snap is None:
+                return
         yield _sse({"succeeded": "result", "failed": "failed", "cancelled": "cancelled"}[snap["status"]], snap)
 
     return StreamingResponse(stream(), media_type="text/event-stream",

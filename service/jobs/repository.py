@@ -7,7 +7,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
-from service.db.models import Job
+from service.db.models import Job, JobEvent
 
 LIVE = ("queued", "running", "succeeded")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -48,7 +48,14 @@ def progress(s: Session, job_id: str, token: str, generation: int, generations: 
                     .execution_options(synchronize_session=False))
     if res.rowcount != 1:
         return False
+    s.add(JobEvent(job_id=job_id, generation=generation, generations=generations, best=best))
     return not s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+
+
+def events_after(s: Session, job_id: str, after_id: int) -> list[JobEvent]:
+    """A job's progress records newer than `after_id`, oldest first."""
+    return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+                          .order_by(JobEvent.id)))
 
 
 def release(s: Session, job_id: str, token: str) -> None:

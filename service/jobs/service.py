@@ -129,13 +129,14 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
         return existing, existing.status == "succeeded"
     job = Job(id=uuid.uuid4().hex, supernet_id=sn_row.id, supernet_version=eng.version, device_id=device.id,
               table_id=table.id, request_hash=h, request=request, status="queued", source="search")
-    front = device_repo.front_for(s, sn_row.id, table.id) if body.use_pareto else None
-    point = front_answer(front.points, constraints, body.accuracy_floor) if front else None
+    points = eng.front_points(table.id, lambda: device_repo.front_for(s, sn_row.id, table.id)) \
+        if body.use_pareto else None
+    point = front_answer(points, constraints, body.accuracy_floor) if points else None
     if point is not None:
         cfg = SubnetConfig.from_dict(eng.spec, point["config"])
         sid = cfg.content_id()
         metrics = {k: point[k] for k in METRICS}
-        subnet_repo.get_or_create(s, sid, sn_row.id, cfg.to_dict(), metrics)
+        subnet_repo.ensure(s, sid, sn_row.id, cfg.to_dict(), metrics)
         job.status, job.source, job.progress, job.subnet_id = "succeeded", "pareto", 1.0, sid
         job.result = subnet_result(sid, supernet, cfg.to_dict(), point["accuracy"], metrics)
         job.generation = options["generations"]
