@@ -55,6 +55,14 @@ def add_table(s: Session, device: Device, table: Table, source: str, provenance:
     return row
 
 
+def with_current_table(s: Session, name: str) -> tuple[Device, LatencyTable] | None:
+    """A device (with its supernet) and its current table version, in one query."""
+    row = s.execute(select(Device, LatencyTable).join(
+        LatencyTable, (LatencyTable.device_id == Device.id) & (LatencyTable.version == Device.current_version))
+        .where(Device.name == name)).first()
+    return None if row is None else (row[0], row[1])
+
+
 def current_table(s: Session, device: Device) -> LatencyTable | None:
     return s.scalar(select(LatencyTable).where(LatencyTable.device_id == device.id,
                                                LatencyTable.version == device.current_version))

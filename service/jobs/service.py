@@ -15,12 +15,10 @@ from ofa_core.spec import SubnetConfig
 from service.db.base import utcnow
 from service.db.models import Job
 from service.devices import repository as device_repo
-from service.devices.service import get_device
 from service.engine.adapter import SupernetEngine
-from service.errors import (InfeasibleConstraints, JobNotFound, ServiceUnavailable, ValidationFailed)
+from service.errors import (DeviceNotFound, InfeasibleConstraints, JobNotFound, ServiceUnavailable, ValidationFailed)
 from service.settings import Settings
 from service.subnets import repository as subnet_repo
-from service.supernets import repository as supernet_repo
 from service.supernets.store import SupernetStore
 from . import queue as Q
 from . import repository as repo
@@ -104,15 +102,17 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
     constraints = body.constraints.as_dict()
     if not constraints:
         raise ValidationFailed("constraints", "give at least one of latency_ms, macs, params, peak_memory_bytes")
-    device = get_device(s, body.device)
+    found = device_repo.with_current_table(s, body.device)
+    if found is None:
+        raise DeviceNotFound(body.device)
+    device, table = found
     if device.supernet.name != supernet:
         raise ValidationFailed("device", f"device {device.name!r} has a latency table for supernet "
                                f"{device.supernet.name!r}, not {supernet!r}")
     if not eng.search_ready:
         raise ServiceUnavailable(f"supernet {supernet!r} has no accuracy predictor; configure "
                                  f"OFA_PREDICTORS='{{\"{supernet}\": \"/path\"}}'", supernet=supernet)
-    table = device_repo.current_table(s, device)
-    sn_row = supernet_repo.get_by_name(s, supernet)
+    sn_row = device.supernet            # checked above to be the requested supernet
     eff = eng.efficiency(table.id, lambda: device_repo.load_entries(s, table.id))
     minima = eng.minima(eff)
     if any(minima[k] > v for k, v in constraints.items()):
