@@ -5,7 +5,7 @@ import logging
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from service.db.session import Database
 from service.errors import install_error_handlers
@@ -19,6 +19,35 @@ log = logging.getLogger("ofa.api")
 DESCRIPTION = """Specialize Once-for-All sub-networks for devices: give a device's latency table and constraints,
 get the most accurate sub-network (predicted) and download its weights. Writes need an API key
 (`X-API-Key` header, created with `ofa create-api-key`)."""
+
+
+class ObserveMiddleware:
+    """Request metrics and one structured log line per request, as plain ASGI (no body buffering, no extra
+    task per request, so streamed downloads and small requests pay nothing for it)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            dt = time.perf_counter() - t0
+            REQUESTS.labels(scope["method"], route, str(status[0])).inc()
+            LATENCY.labels(scope["method"], route).observe(dt)
+            if route not in ("/metrics", "/healthz"):
+                log.info("request", extra={"method": scope["method"], "path": scope["path"], "route": route,
+                                           "status": status[0], "ms": round(dt * 1000, 2)})
 
 
 def create_app(settings: Settings | None = None, store: SupernetStore | None = None) -> FastAPI:
@@ -44,19 +73,7 @@ def create_app(settings: Settings | None = None, store: SupernetStore | None = N
     app.state.celery = make_celery(settings)
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        dt = time.perf_counter() - t0
-        REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        LATENCY.labels(request.method, path).observe(dt)
-        if path not in ("/metrics", "/healthz"):
-            log.info("request", extra={"method": request.method, "path": request.url.path, "route": path,
-                                       "status": response.status_code, "ms": round(dt * 1000, 2)})
-        return response
+    app.add_middleware(ObserveMiddleware)
 
     from service.devices.endpoints import router as devices
     from service.health import router as health

@@ -32,7 +32,9 @@ def test_health_and_metrics(env):
     r = env.client.get("/readyz")
     assert r.status_code == 200, r.text
     assert r.json()["checks"]["database"] == "ok" and r.json()["checks"]["broker"] == "ok"
-    assert "ofa_http_requests_total" in env.client.get("/metrics").text
+    text = env.client.get("/metrics").text
+    assert "ofa_http_requests_total" in text
+    assert 'route="/healthz"' in text      # requests are labelled by their route template
     assert "/specialize" in env.client.get("/openapi.json").json()["paths"]
 
 
