@@ -14,35 +14,19 @@ import time
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests", "core"))   # the tests' weight randomiser
 
 from ofa_core.costs import CostModel, config_costs          # noqa: E402
 from ofa_core.export import export_safetensors             # noqa: E402
 from ofa_core.extract import extract, extract_state_dict   # noqa: E402
-from ofa_core.mbv3 import DynamicSeparableConv2d, build_supernet  # noqa: E402
+from ofa_core.mbv3 import build_supernet                    # noqa: E402
 from ofa_core.spec import SubnetConfig, get_spec           # noqa: E402
+from ofa_test_utils import randomize                        # noqa: E402
 
 W10, W12, CIFAR = "ofa_mbv3_d234_e346_k357_w1.0", "ofa_mbv3_d234_e346_k357_w1.2", "ofa_mbv3_cifar10"
-
-
-@torch.no_grad()
-def randomize(net: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-        elif isinstance(m, DynamicSeparableConv2d):
-            for _, p in m.named_parameters(recurse=False):
-                p.copy_(torch.eye(p.shape[0]) + torch.randn(p.shape, generator=g) * 0.2)
-        elif isinstance(m, nn.Linear):
-            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.05)
-    return net.eval()
 
 
 def timeit(fn, n):
@@ -63,7 +47,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, numpy {np.__version__}")
 
     spec = get_spec(W10)
-    net = randomize(build_supernet(spec, seed=0), 1)
+    net = randomize(build_supernet(spec, seed=0), 1).eval()
     rng = np.random.default_rng(0)
     cfgs = [spec.sample(rng) for _ in range(args.configs)]
     for c in cfgs[:5]:
@@ -107,7 +91,7 @@ def main() -> None:
     worst, n = 0.0, 0
     for name, res in ((W10, (128, 160)), (W12, (160,)), (CIFAR, (24, 28, 32))):
         s = get_spec(name)
-        sn = net if name == W10 else randomize(build_supernet(s, seed=0), 2)
+        sn = net if name == W10 else randomize(build_supernet(s, seed=0), 2).eval()
         r2 = np.random.default_rng(7)
         for i in range(args.equality_configs):
             c = s.sample(r2, resolutions=[res[i % len(res)]])
