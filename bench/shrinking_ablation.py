@@ -74,8 +74,8 @@ def main(argv=None):
         json.dump(res, fh, indent=2)
     print(f"train images {res['train_images']}, held-out {res['holdout_images']}, steps {res['steps']}, "
           f"wall {res['wall_s']}")
-    print(f"| sub-network (d-e-k) | progressive shrinking | one-shot (no shrinking) | difference (pp) |")
-    print(f"|---|---|---|---|")
+    print("| sub-network (d-e-k) | progressive shrinking | one-shot (no shrinking) | difference (pp) |")
+    print("|---|---|---|---|")
     for key in res["acc"]["progressive"]:
         a_ps, a_os = res["acc"]["progressive"][key], res["acc"]["one-shot"][key]
         print(f"| {key} | {a_ps:.2%} | {a_os:.2%} | {100 * (a_ps - a_os):+.2f} |")

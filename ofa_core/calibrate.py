@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .latency import LatencyTable, block_operator_key, fixed_operator_keys
-from .spec import SubnetConfig, SupernetSpec, active_mask
+from .spec import SupernetSpec, active_mask
 
 
 def operator_columns(table: LatencyTable) -> list[tuple[int, str]]:

@@ -146,7 +146,7 @@ def extract_state_dict(supernet: OFAMobileNetV3, cfg: SubnetConfig, clone: bool 
     _fixed(out, "blocks.0.", supernet.blocks[0])
     for new_i, b in enumerate(cfg.active_blocks(), start=1):
         conv = supernet.blocks[b].conv
-        cin, cout = conv.cin, conv.cout
+        cin = conv.cin
         ks, e = cfg.ks[b - 1], cfg.e[b - 1]
         mid = spec.mid_channels(cin, e)
         p = f"blocks.{new_i}.conv."

@@ -14,13 +14,13 @@ import json
 import math
 import os
 import pathlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 import yaml
 
-from .spec import SubnetConfig, SupernetSpec, active_mask, get_spec
+from .spec import SubnetConfig, SupernetSpec, get_spec
 
 SOURCES = ("imported", "measured", "calibrated")
 FORMAT = "ofa-latency-table"
@@ -187,7 +187,7 @@ class LatencyTable:
     def predict(self, enc: np.ndarray) -> np.ndarray:
         """Latency in ms of each encoded config, (N,) float64. Vectorized: one gather + masked sum."""
         spec = self.spec
-        B, S = spec.n_blocks, spec.n_stages
+        B = spec.n_blocks
         enc = self._check_enc(enc)
         ri = self._res_idx(enc[:, -1])
         ks, ev = enc[:, :B], enc[:, B:2 * B]

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -95,15 +94,20 @@ class AccuracyPredictor:
         B = self.spec.n_blocks
         return B * len(self.spec.ks_list) + B * len(self.spec.expand_list) + self.n_res_slots
 
+    def _as_batch(self, enc: np.ndarray) -> np.ndarray:
+        """One encoded config or a batch -> (N, enc_width), checked."""
+        enc = np.asarray(enc)
+        if enc.ndim == 1:
+            enc = enc[None]
+        if enc.ndim != 2 or enc.shape[1] != self.spec.enc_width:
+            raise PredictorError(f"expected encoded configs of width {self.spec.enc_width}, got {enc.shape}")
+        return enc
+
     def features(self, enc: np.ndarray) -> np.ndarray:
         """(N, enc_width) encoded configs -> (N, n_features) float32 one-hot features."""
         spec = self.spec
         B, S = spec.n_blocks, spec.n_stages
-        enc = np.asarray(enc)
-        if enc.ndim == 1:
-            enc = enc[None]
-        if enc.shape[1] != spec.enc_width:
-            raise PredictorError(f"expected encoded configs of width {spec.enc_width}, got {enc.shape}")
+        enc = self._as_batch(enc)
         n = enc.shape[0]
         feats = np.zeros((n, self.n_features), dtype=np.float32)
         mask = active_mask(spec, enc[:, 2 * B:2 * B + S])
@@ -133,12 +137,8 @@ class AccuracyPredictor:
     def codes(self, enc: np.ndarray) -> np.ndarray:
         """(N, enc_width) encoded configs -> (N, n_blocks) block codes (ki * n_e + ei; n_k * n_e if skipped)."""
         spec = self.spec
-        B, S = spec.n_blocks, spec.n_stages
-        enc = np.asarray(enc)
-        if enc.ndim == 1:
-            enc = enc[None]
-        if enc.ndim != 2 or enc.shape[1] != spec.enc_width:
-            raise PredictorError(f"expected encoded configs of width {spec.enc_width}, got {enc.shape}")
+        B = spec.n_blocks
+        enc = self._as_batch(enc)
         ks, ev = enc[:, :B], enc[:, B:2 * B]
         if len(enc) and (ks.min() < 0 or ev.min() < 0 or ks.max() > max(spec.ks_list) or ev.max() >= self._emul):
             raise PredictorError("kernel size or expand ratio outside the supernet's lists")

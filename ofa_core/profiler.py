@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .latency import (LatencyEntry, LatencyTable, block_operator_key, fixed_operator_keys, parse_operator_key,
+from .latency import (LatencyEntry, LatencyTable, parse_operator_key,
                       required_operator_keys)
 from .extract import extract
 from .mbv3 import ConvLayer, LinearLayer, MBConvLayer, ResidualBlock
@@ -58,7 +58,6 @@ def build_operator(spec: SupernetSpec, key: str) -> tuple[nn.Module, tuple[int, 
     p = parse_operator_key(key)
     op = p["op"]
     h, w, cin = p["input"]
-    wd = spec.widths
     if op == "Conv":
         m = ConvLayer(cin, p["output"][2], 3, spec.stem_stride, act="h_swish")
     elif op == "expanded_conv":

@@ -17,7 +17,6 @@ import os
 import platform
 import time
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 

@@ -746,7 +746,6 @@ def pareto_search(spec: SupernetSpec, predictor: Any, efficiency: Efficiency, lo
     a_val = np.full(n_bins, np.inf)
 
     def update(cand: np.ndarray) -> None:
-        nonlocal a_enc, a_acc, a_val
         ok, metrics, acc, _ = problem.evaluate(cand)
         if not ok.any():
             return

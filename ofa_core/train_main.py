@@ -9,11 +9,10 @@ import json
 import os
 import sys
 
-import torch
 
 from .data import holdout_split, load_dataset
 from .spec import get_spec
-from .training import ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet, one_shot_phases, \
+from .training import ProgressiveShrinkingTrainer, TrainConfig, one_shot_phases, \
     progressive_shrinking_phases
 
 

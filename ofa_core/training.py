@@ -13,8 +13,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
