@@ -225,6 +225,38 @@ class AccuracyPredictor:
                 torch.set_num_threads(n_threads)
         return out
 
+    def codes_predictor(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """A lean `predict_codes` for a hot loop (the search): the weights are snapshotted now and inputs are not
+        re-validated, so the caller must pass codes from `codes` and supported resolutions, and must not train
+        the model while holding it. Falls back to `predict_codes` for a non-standard model or when torch runs
+        more than one thread (where `predict_codes` switches to one thread for small batches)."""
+        fast = self._fast_weights()
+        if fast is None:
+            return self.predict_codes
+        table, b1, rest = fast
+        (w2, b2), (w3, b3), (w4, b4) = rest if len(rest) == 3 else (None, None, None)
+        if w2 is None:
+            return self.predict_codes
+        code_base, res_row = self._code_base, self._res_row
+        emb, addmm, full = torch.nn.functional.embedding_bag, torch.addmm, self.predict_codes
+
+        def predict(codes: np.ndarray, r: np.ndarray) -> np.ndarray:
+            m = len(r)
+            if torch.get_num_threads() > 1 or m > 65536:
+                return full(codes, r)
+            w = codes.shape[1] + 1
+            idx = np.empty((m, w), dtype=np.int64)
+            np.add(codes, code_base, out=idx[:, :-1])
+            idx[:, -1] = res_row[r]
+            if len(offsets[0]) < m:                                    # bag starts, grown as needed
+                offsets[0] = torch.arange(0, max(m, 256) * w, w)
+            h = emb(torch.from_numpy(idx.reshape(-1)), table, offsets[0][:m], mode="sum")
+            h = addmm(b2, h.add_(b1).relu_(), w2).relu_()              # (m, H)
+            h = addmm(b3, h, w3).relu_()                               # (m, H)
+            return addmm(b4, h, w4).view(-1).numpy()                   # (m,) float32
+        offsets = [torch.zeros(0, dtype=torch.int64)]
+        return predict
+
     def _features_from_codes(self, codes: np.ndarray, r: np.ndarray) -> np.ndarray:
         n, B = codes.shape
         feats = np.zeros((n, self.n_features), dtype=np.float32)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from itertools import repeat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -221,6 +222,17 @@ class _Space:
         enc[:, -1] = pick(self.rs, (n, 1))[:, 0]
         return enc
 
+    def fresh_where(self, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """An int32 array shaped like `mask` (..., W) holding, where `mask` is set, a value drawn uniformly from
+        that gene's choices (zeros elsewhere; only the set entries are drawn)."""
+        out = np.zeros(mask.shape, dtype=np.int32)
+        pos = np.nonzero(mask)
+        col = pos[-1]
+        n = self._n_choice[col]
+        pick = np.minimum((rng.random(len(col), dtype=np.float32) * n).astype(np.intp), (n - 1).astype(np.intp))
+        out[pos] = self._vals_flat[self._col_off[col] + pick]
+        return out
+
     def _op_tables(self) -> None:
         B, S = self.B, self.S
         W = 2 * B + S + 1
@@ -232,32 +244,42 @@ class _Space:
         self._vals_flat = vals.ravel()
         self._col_off = np.arange(W) * width
         self._n_choice = np.asarray([len(g) for g in groups], dtype=np.float32)
-        self._mask_col = np.concatenate([np.arange(B), np.arange(B), B + np.arange(S), [B + S]])
+        # gene groups: block b (its ks column b, plus e column B + b), stage s (depth column 2B + s), resolution
+        self._group_col = np.concatenate([np.arange(B), 2 * B + np.arange(S), [2 * B + S]]).astype(np.intp)
+        self._group_n = self._n_choice[self._group_col].astype(np.intp)
+        self._mask_col = np.concatenate([np.arange(B), np.arange(B), B + np.arange(S), [B + S]])   # column -> group
 
     def mutate(self, parents: np.ndarray, n: int, rng: np.random.Generator, p: float, p_res: float) -> np.ndarray:
         """n mutants of random parents: each block's (ks, e) is resampled together with prob p, each stage's depth
-        with prob p, the resolution with prob p_res. One uniform draw per gene; no Python per candidate."""
+        with prob p, the resolution with prob p_res. One uniform draw per gene group, and new values are drawn only
+        for the groups that mutate (about a tenth); no Python per candidate."""
         B, S = self.B, self.S
-        W = parents.shape[1]
-        u = rng.random((n, 2 * W + B + S + 2), dtype=np.float32)
+        u = rng.random((n, B + S + 2), dtype=np.float32)
         pidx = (u[:, 0] * len(parents)).astype(np.intp)
         np.minimum(pidx, len(parents) - 1, out=pidx)
-        masks = u[:, 1:B + S + 2]
+        out = parents[pidx]
         thr = np.full(B + S + 1, p, dtype=np.float32)
         thr[-1] = p_res
-        m = (masks < thr)[:, self._mask_col]
-        choice = (u[:, B + S + 2:B + S + 2 + W] * self._n_choice).astype(np.intp)
-        np.minimum(choice, (self._n_choice - 1).astype(np.intp), out=choice)
-        new = self._vals_flat[choice + self._col_off]
-        return np.where(m, new, parents[pidx])
+        rows, grp = np.nonzero(u[:, 1:] < thr)                    # mutating (candidate, gene group) pairs
+        if len(rows):
+            col = self._group_col[grp]                            # ks column of a block; depth or r column
+            v = rng.random((len(rows), 2), dtype=np.float32)
+            n_first = self._group_n[grp]
+            pick = np.minimum((v[:, 0] * n_first).astype(np.intp), n_first - 1)
+            out[rows, col] = self._vals_flat[self._col_off[col] + pick]
+            blk = grp < B                                         # a block's expand ratio mutates with its ks
+            rb, cb = rows[blk], col[blk] + B
+            pick = np.minimum((v[blk, 1] * len(self.es)).astype(np.intp), len(self.es) - 1)
+            out[rb, cb] = self.es[pick]
+        return out
 
     def crossover(self, parents: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-        """n uniform crossovers of two random parents, gene by gene."""
+        """n uniform crossovers of two random parents, gene by gene (one random bit per gene)."""
         W = parents.shape[1]
-        u = rng.random((n, W + 2), dtype=np.float32)
-        idx = (u[:, :2] * len(parents)).astype(np.intp)
-        np.minimum(idx, len(parents) - 1, out=idx)
-        return np.where(u[:, 2:] < 0.5, parents[idx[:, 0]], parents[idx[:, 1]])
+        idx = rng.integers(0, len(parents), size=(n, 2))
+        bits = np.unpackbits(np.frombuffer(rng.bytes(n * ((W + 7) // 8)), dtype=np.uint8).reshape(n, -1), axis=1,
+                             count=W).view(bool)
+        return np.where(bits, parents[idx[:, 0]], parents[idx[:, 1]])
 
     def neighbours(self, row: np.ndarray) -> np.ndarray:
         """Every config one gene-group away from `row`: one active block's (ks, e), one stage's depth, or r."""
@@ -280,6 +302,42 @@ class _Space:
         return np.concatenate(out).astype(np.int32)
 
 
+class _ChildPlan:
+    """The random part of `gens` generations of children, drawn in one go (a generation then costs a handful of
+    array operations instead of a few dozen small random draws).
+
+    Row j of a generation's candidates is `where(mask[j], src[a[j]], src[b[j]])` over `src = [parents; fresh]`:
+    a mutant takes a fresh uniformly drawn genome (row `n_par + j` of `src`) in its mutating gene groups (each
+    block's ks and e together with prob p, each stage's depth with prob p, r with p_res) and its parent `b[j]`
+    elsewhere; a crossover takes each gene from parent `a[j]` or `b[j]` with prob 1/2. The draws do not depend on
+    the parents' values, only on their number, so nothing is lost by drawing them ahead."""
+
+    def __init__(self, space: "_Space", n_par: int, k_mut: int, k_cross: int, gens: int, rng: np.random.Generator,
+                 p: float, p_res: float):
+        B, S = space.B, space.S
+        W = 2 * B + S + 1
+        self.n_par, self.k_mut, self.k_cross = n_par, k_mut, k_cross
+        thr = np.full(B + S + 1, p, dtype=np.float32)
+        thr[-1] = p_res
+        mut = (rng.random((gens, k_mut, B + S + 1), dtype=np.float32) < thr)[:, :, space._mask_col]
+        cross = np.unpackbits(np.frombuffer(rng.bytes(gens * k_cross * ((W + 7) // 8)), dtype=np.uint8)
+                              .reshape(gens, k_cross, -1), axis=2, count=W).view(bool)
+        self.mask = np.concatenate([mut, cross], axis=1)                                  # (gens, K, W)
+        self.fresh = space.fresh_where(mut, rng)                                          # (gens, k_mut, W)
+        pick = rng.integers(0, n_par, size=(gens, k_mut + 2 * k_cross))
+        self.a = np.concatenate([np.broadcast_to(n_par + np.arange(k_mut), (gens, k_mut)), pick[:, k_mut::2]], 1)
+        self.b = np.concatenate([pick[:, :k_mut], pick[:, k_mut + 1::2]], axis=1)          # (gens, K)
+
+    def children(self, parents: np.ndarray, g: int) -> np.ndarray:
+        """(k_mut + k_cross, W): mutants first, then crossovers."""
+        a, b = self.a[g], self.b[g]
+        if len(parents) < self.n_par:            # fewer feasible parents than planned: fold the indices
+            a = np.where(a < self.n_par, a % len(parents), a - self.n_par + len(parents))
+            b = b % len(parents)
+        src = np.concatenate([parents, self.fresh[g]])
+        return np.where(self.mask[g], src[a], src[b])
+
+
 class _Problem:
     """Evaluates candidates: efficiency metrics, feasibility, predicted accuracy and the fitness to maximise.
 
@@ -287,6 +345,8 @@ class _Problem:
     summed directly from them (the same gather as `LatencyTable.predict`, without re-validating what the genetic
     operators produce), they key the accuracy cache (canonical: equal sub-networks share a key), and an
     `AccuracyPredictor` takes them directly (`predict_codes`)."""
+
+    max_cache = 2_000_000                                # cached predictions before a reset
 
     def __init__(self, spec, predictor, efficiency: Efficiency, constraints: Constraints, objective: str,
                  resolutions: Sequence[int] | None = None):
@@ -300,7 +360,9 @@ class _Problem:
         if "latency_ms" in efficiency.fns and "latency_ms" not in needed:
             needed.append("latency_ms")                  # cheap, reported in progress
         self.metric_names = needed
-        self._cache: dict[bytes, float] = {}
+        self._index: dict[bytes, int] = {}              # canonical config key -> id (row of _acc)
+        self._acc = np.empty(4096)
+        self._n, self.epoch = 0, 0
         B, S = spec.n_blocks, spec.n_stages
         ks, es = list(spec.ks_list), list(spec.expand_list)
         self.B, self.n_codes = B, len(ks) * len(es) + 1
@@ -324,7 +386,7 @@ class _Problem:
                 roff[r], fix[r] = ri * B * (t._n_combo + 1), t.fixed_lat[ri]
             self._lat = (t._flat, roff, fix, np.arange(B) * (t._n_combo + 1))
         ps = getattr(predictor, "spec", None)
-        self._pred_codes = (predictor.predict_codes if hasattr(predictor, "predict_codes") and ps is not None
+        self._pred_codes = (predictor.codes_predictor() if hasattr(predictor, "codes_predictor") and ps is not None
                             and list(ps.ks_list) == ks and list(ps.expand_list) == es and ps.n_blocks == B
                             and ps.n_stages == S else None)
 
@@ -350,32 +412,46 @@ class _Problem:
                 out[name] = np.asarray(self.eff.fns[name](enc), dtype=np.float64).reshape(-1)
         return out
 
-    def accuracy(self, enc: np.ndarray, codes: np.ndarray | None = None, keys: list[bytes] | None = None
-                 ) -> np.ndarray:
-        """Predicted accuracy with a cache keyed by the canonical config: duplicates (frequent once the population
-        converges) are predicted once, and one predictor call covers all new rows."""
+    def lookup(self, enc: np.ndarray, codes: np.ndarray | None = None, keys: list[bytes] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, predicted accuracy) of each row. The cache is keyed by the canonical config, so equal sub-networks
+        share an id (the search dedups parents by it) and are predicted once; one predictor call covers all new
+        rows. Ids stay valid until the cache is reset (`epoch` changes), at `max_cache` entries."""
         if codes is None:
             codes = self.codes(enc)
         if keys is None:
             keys = self.keys(enc, codes)
-        cache = self._cache
-        vals = [cache.get(k) for k in keys]
-        miss = [i for i, v in enumerate(vals) if v is None]
+        if len(self._index) + len(keys) > self.max_cache:
+            self._index, self._n, self.epoch = {}, 0, self.epoch + 1
+        index = self._index
+        ids = np.fromiter(map(index.get, keys, repeat(-1)), dtype=np.intp, count=len(keys))
+        miss = np.flatnonzero(ids < 0).tolist()
         if miss:
-            first: dict[bytes, int] = {}
-            for i in miss:
-                first.setdefault(keys[i], i)
+            mk = [keys[i] for i in miss]
+            first = dict(zip(mk[::-1], miss[::-1]))               # each new key -> its first row
             rows = np.fromiter(first.values(), dtype=np.intp, count=len(first))
             if self._pred_codes is not None:
                 new = self._pred_codes(codes[rows], enc[rows, -1])
             else:
                 new = self.predictor.predict(canonicalize_encoded(self.spec, enc[rows]))
-            if len(cache) > 2_000_000:
-                cache.clear()
-            cache.update(zip(first, np.asarray(new, dtype=np.float64).reshape(-1).tolist()))
-            for i in miss:
-                vals[i] = cache[keys[i]]
-        return np.asarray(vals, dtype=np.float64)
+            base, m = self._n, len(rows)
+            if base + m > len(self._acc):
+                self._acc = np.concatenate([self._acc, np.empty(max(base + m, 2 * len(self._acc)) - len(self._acc))])
+            self._acc[base:base + m] = np.asarray(new, dtype=np.float64).reshape(-1)
+            self._n = base + m
+            index.update(zip(first, range(base, base + m)))
+            ids[miss] = list(map(index.__getitem__, mk))
+        return ids, self._acc[ids]
+
+    @property
+    def n_ids(self) -> int:
+        """Ids handed out so far (all < n_ids)."""
+        return self._n
+
+    def accuracy(self, enc: np.ndarray, codes: np.ndarray | None = None, keys: list[bytes] | None = None
+                 ) -> np.ndarray:
+        """Predicted accuracy of each row (cached, see `lookup`)."""
+        return self.lookup(enc, codes, keys)[1]
 
     def feasible(self, metrics: dict[str, np.ndarray]) -> np.ndarray:
         ok = None
@@ -562,40 +638,47 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
 
     history: list[float] = []
     enc, acc, fit, mets = pop.enc.astype(np.int32), pop.acc, pop.fit, pop.metrics
-    keys = problem.keys(enc, problem.codes(enc))
+    ids, _ = problem.lookup(enc)
     rate = [1.0 / max(oversample, 1)] * 2                # running feasible share of mutants / crossovers
+    plan, plan_start, plan_gens, plan_chunk = None, 0, 0, 50
+    stamp, rank = np.zeros(0, dtype=np.intp), np.arange(4 * population_size + 4 * n_par, dtype=np.intp)
     for gen in range(generations):
         if _stop_requested(should_stop):
             raise SearchCancelled(gen)
-        order = np.argsort(-fit, kind="stable").tolist()
+        order = np.argsort(-fit, kind="stable")
         if dedup_parents:                    # distinct parents keep diversity (duplicates add nothing)
-            seen: set[bytes] = set()
-            sel, dup = [], []
-            for i in order:
-                if keys[i] in seen:
-                    dup.append(i)
-                    continue
-                seen.add(keys[i])
-                sel.append(i)
-                if len(sel) == n_par:
-                    break
-            sel = (sel + dup)[:n_par]
+            s_ids = ids[order]
+            if len(stamp) < problem.n_ids:
+                stamp = np.zeros(2 * problem.n_ids, dtype=np.intp)
+            if len(rank) < len(s_ids):
+                rank = np.arange(2 * len(s_ids), dtype=np.intp)
+            pos = rank[:len(s_ids)]
+            stamp[s_ids[::-1]] = pos[::-1]   # the last write wins: each id's first position in s_ids
+            first = stamp[s_ids] == pos
+            sel_a = order[first][:n_par]
+            if len(sel_a) < n_par:           # too few distinct: duplicates fill up, best first
+                sel_a = np.concatenate([sel_a, order[~first]])[:n_par]
         else:
-            sel = order[:n_par]
-        sel_a = np.asarray(sel, dtype=np.intp)
+            sel_a = order[:n_par]
         p_enc, p_acc, p_fit = enc[sel_a], acc[sel_a], fit[sel_a]
         p_met = {k: v[sel_a] for k, v in mets.items()}
+        epoch = problem.epoch                # parents' ids stay valid unless the cache is reset below
         history.append(float(p_fit[0]))
         if progress is not None:
             lat = p_met.get("latency_ms")
             progress(gen, float(p_acc[0]), float(lat[0]) if lat is not None else float("nan"))
 
-        # children: one batch of mutants + crossovers, rejection-sampled against the limits (sized by the share
-        # that was feasible lately); a short batch is topped up by further bounded rounds, then parent copies
-        sizes = [min(n * oversample, max(n, math.ceil((n + 2 * math.sqrt(n)) / max(r_, 1e-3))))
-                 for n, r_ in ((n_mut, rate[0]), (n_cross, rate[1]))]
-        cand = np.concatenate([space.mutate(p_enc, sizes[0], rng, mutate_prob, resolution_mutate_prob),
-                               space.crossover(p_enc, sizes[1], rng)])
+        # children: one batch of mutants + crossovers from the plan, rejection-sampled against the limits (the plan
+        # is sized by the share that was feasible lately); a short batch is topped up by further bounded rounds,
+        # then parent copies
+        if plan is None or gen - plan_start >= plan_gens:
+            ks_ = [min(n * oversample, max(n, math.ceil((n + 2 * math.sqrt(n)) / max(r_, 1e-3))))
+                   for n, r_ in ((n_mut, rate[0]), (n_cross, rate[1]))]
+            plan_start, plan_gens = gen, min(plan_chunk, generations - gen)
+            plan = _ChildPlan(space, n_par, ks_[0], ks_[1], plan_gens, rng, mutate_prob, resolution_mutate_prob)
+            lim = np.concatenate([np.full(ks_[0], n_mut), np.full(ks_[1], n_cross)])
+        km = plan.k_mut
+        cand = plan.children(p_enc, gen - plan_start)
         c_codes = problem.codes(cand)
         c_met = problem.metrics(cand, c_codes)
         ok = problem.feasible(c_met)
@@ -603,15 +686,16 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
             c_acc = np.full(len(cand), -np.inf)
             c_acc[ok] = problem.accuracy(cand[ok], c_codes[ok])
             ok &= c_acc >= problem.min_acc
-        k_enc, k_met, k_cod = [], [], []
-        for j, (lo, hi, n) in enumerate(((0, sizes[0], n_mut), (sizes[0], len(cand), n_cross))):
-            okj = ok[lo:hi]
-            rate[j] = 0.7 * rate[j] + 0.3 * float(np.count_nonzero(okj)) / max(hi - lo, 1)
-            idx = lo + np.flatnonzero(okj)[:n]
-            k_enc.append(cand[idx])
-            k_cod.append(c_codes[idx])
-            k_met.append({k: v[idx] for k, v in c_met.items()})
-            have = len(idx)
+        cnt = np.cumsum(ok)
+        n_ok = (int(cnt[km - 1]) if km else 0, int(cnt[-1]) - (int(cnt[km - 1]) if km else 0))
+        if km:
+            cnt[km:] -= cnt[km - 1]
+        idx = np.flatnonzero(ok & (cnt <= lim))              # the first n_mut feasible mutants, n_cross crossovers
+        rate[0] = 0.7 * rate[0] + 0.3 * n_ok[0] / max(km, 1)
+        rate[1] = 0.7 * rate[1] + 0.3 * n_ok[1] / max(len(cand) - km, 1)
+        k_enc, k_cod = [cand[idx]], [c_codes[idx]]
+        k_met = [{k: v[idx] for k, v in c_met.items()}]
+        for j, (have, n) in enumerate(((min(n_ok[0], n_mut), n_mut), (min(n_ok[1], n_cross), n_cross))):
             if have < n and max_attempts > 1:
                 make = ((lambda m: space.mutate(p_enc, m, rng, mutate_prob, resolution_mutate_prob)) if j == 0
                         else (lambda m: space.crossover(p_enc, m, rng)))
@@ -622,17 +706,17 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
                     k_met.append(got.metrics)
                     have += len(got)
             if have < n:                      # fallback: feasible parents fill the quota; never loops
-                idx = rng.integers(0, len(p_enc), size=n - have)
-                k_enc.append(p_enc[idx])
-                k_cod.append(problem.codes(p_enc[idx]))
-                k_met.append({k: v[idx] for k, v in p_met.items()})
+                pi = rng.integers(0, len(p_enc), size=n - have)
+                k_enc.append(p_enc[pi])
+                k_cod.append(problem.codes(p_enc[pi]))
+                k_met.append({k: v[pi] for k, v in p_met.items()})
         kids = np.concatenate(k_enc)
         k_codes = np.concatenate(k_cod)
-        k_keys = problem.keys(kids, k_codes)
-        k_acc = problem.accuracy(kids, k_codes, k_keys)          # one (cached) predictor call for all new children
+        k_ids, k_acc = problem.lookup(kids, k_codes)              # one (cached) predictor call for all new children
+        p_ids = ids[sel_a] if problem.epoch == epoch else problem.lookup(p_enc)[0]
         enc = np.concatenate([p_enc, kids])
         acc = np.concatenate([p_acc, k_acc])
-        keys = [keys[i] for i in sel] + k_keys
+        ids = np.concatenate([p_ids, k_ids])
         mets = {k: np.concatenate([p_met[k]] + [m[k] for m in k_met]) for k in p_met}
         fit = acc if problem.objective == "accuracy" else -mets[problem.objective]
     pop = _Pop(enc, mets, acc, fit)

@@ -95,3 +95,11 @@ def test_fast_path_follows_weight_updates():
     b = pred.predict(enc)
     assert not np.allclose(a, b)
     np.testing.assert_allclose(b, pred.predict_mlp(enc), atol=1e-6)
+
+
+def test_codes_predictor_matches_predict_codes(published_predictor, note10):
+    pred = published_predictor
+    enc = note10.spec.sample_encoded(300, np.random.default_rng(4))
+    lean = pred.codes_predictor()
+    np.testing.assert_array_equal(lean(pred.codes(enc), enc[:, -1]), pred.predict_codes(pred.codes(enc), enc[:, -1]))
+    np.testing.assert_allclose(lean(pred.codes(enc[:7]), enc[:7, -1]), pred.predict_mlp(enc[:7]), atol=1e-6)

@@ -110,3 +110,47 @@ def test_init_pool_and_determinism_with_generator(setup):
     np.testing.assert_array_equal(a.enc, b.enc)
     assert a.history == b.history and a.latency_ms <= 25 and c.latency_ms <= 25
     assert all(np.diff(a.history) >= 0)
+
+
+def test_child_plan_children(setup):
+    """Planned children: a mutant equals its parent outside its mutating gene groups (a block's ks and e move
+    together), about p of the groups mutate, every crossover gene comes from one of its two parents, and fewer
+    parents than planned fold safely."""
+    from ofa_core.search import _ChildPlan, _Space
+    from ofa_core.spec import validate_encoded
+    spec, _, _ = setup
+    B, S = spec.n_blocks, spec.n_stages
+    space = _Space(spec, None)
+    rng = np.random.default_rng(1)
+    par = spec.sample_encoded(25, rng)
+    plan = _ChildPlan(space, 25, 400, 300, 3, rng, 0.1, 0.5)
+    changed_blocks = []
+    for g in range(3):
+        kids = plan.children(par, g)
+        validate_encoded(spec, kids)
+        mut, cross = kids[:400], kids[400:]
+        src = par[plan.b[g, :400]]
+        grp = plan.mask[g, :400]
+        assert (mut[~grp] == src[~grp]).all()
+        np.testing.assert_array_equal(grp[:, :B], grp[:, B:2 * B])        # ks and e mutate together
+        changed_blocks.append(grp[:, :B].mean())
+        a, b = par[plan.a[g, 400:]], par[plan.b[g, 400:]]
+        assert ((cross == a) | (cross == b)).all()
+        assert ((cross == a) & (cross != b)).any() and ((cross == b) & (cross != a)).any()
+    assert abs(np.mean(changed_blocks) - 0.1) < 0.01
+    assert 0.4 < plan.mask[:, :400, -1].mean() < 0.6                     # resolution: p_res = 0.5
+    few = plan.children(par[:3], 0)
+    validate_encoded(spec, few)
+    assert (few[400:, None, :] == par[None, :3, :]).any(axis=1).all()     # every gene from one of the 3 parents
+
+
+def test_cache_reset_changes_nothing(setup, monkeypatch):
+    """The accuracy cache (and parent dedup by cache id) only saves time: resetting it every few generations gives
+    the same search, generation by generation."""
+    from ofa_core import search
+    spec, eff, pred = setup
+    a = evolutionary_search(spec, pred, eff, {"latency_ms": 22}, generations=40, seed=7)
+    monkeypatch.setattr(search._Problem, "max_cache", 300)
+    b = evolutionary_search(spec, pred, eff, {"latency_ms": 22}, generations=40, seed=7)
+    np.testing.assert_array_equal(a.enc, b.enc)
+    assert a.history == b.history
