@@ -226,11 +226,12 @@ class _Space:
         """An int32 array shaped like `mask` (..., W) holding, where `mask` is set, a value drawn uniformly from
         that gene's choices (zeros elsewhere; only the set entries are drawn)."""
         out = np.zeros(mask.shape, dtype=np.int32)
-        pos = np.nonzero(mask)
-        col = pos[-1]
+        flat = np.flatnonzero(mask)
+        col = flat % mask.shape[-1]
         n = self._n_choice[col]
-        pick = np.minimum((rng.random(len(col), dtype=np.float32) * n).astype(np.intp), (n - 1).astype(np.intp))
-        out[pos] = self._vals_flat[self._col_off[col] + pick]
+        pick = (rng.random(len(col), dtype=np.float32) * n).astype(np.int32)
+        np.minimum(pick, n.astype(np.int32) - 1, out=pick)
+        out.ravel()[flat] = self._vals_flat[self._col_off[col] + pick]
         return out
 
     def _op_tables(self) -> None:
@@ -367,7 +368,7 @@ class _Problem:
         ks, es = list(spec.ks_list), list(spec.expand_list)
         self.B, self.n_codes = B, len(ks) * len(es) + 1
         self._emul = max(es) + 1
-        self._lut = np.zeros((max(ks) + 1) * self._emul, dtype=np.intp)
+        self._lut = np.zeros((max(ks) + 1) * self._emul, dtype=np.uint8)
         for ki, k in enumerate(ks):
             for ei, e in enumerate(es):
                 self._lut[k * self._emul + e] = ki * len(es) + ei
@@ -380,20 +381,22 @@ class _Problem:
         self._lat = None
         if (t is not None and hasattr(t, "_flat") and list(t.spec.ks_list) == ks and list(t.spec.expand_list) == es
                 and t.spec.n_blocks == B and all(r in t.tables for r in res)):
-            roff = np.zeros(max(t.resolutions) + 1, dtype=np.intp)
+            roff = np.zeros((max(t.resolutions) + 1, B), dtype=np.intp)
             fix = np.zeros(max(t.resolutions) + 1)
-            for ri, r in enumerate(t.resolutions):
-                roff[r], fix[r] = ri * B * (t._n_combo + 1), t.fixed_lat[ri]
-            self._lat = (t._flat, roff, fix, np.arange(B) * (t._n_combo + 1))
+            for ri, r in enumerate(t.resolutions):                   # row of (r, block b, code 0) in t._flat
+                roff[r], fix[r] = ri * B * (t._n_combo + 1) + np.arange(B) * (t._n_combo + 1), t.fixed_lat[ri]
+            self._lat = (t._flat, roff, fix)
         ps = getattr(predictor, "spec", None)
         self._pred_codes = (predictor.codes_predictor() if hasattr(predictor, "codes_predictor") and ps is not None
                             and list(ps.ks_list) == ks and list(ps.expand_list) == es and ps.n_blocks == B
                             and ps.n_stages == S else None)
 
     def codes(self, enc: np.ndarray) -> np.ndarray:
+        """(N, B) uint8 block codes of encoded configs (`n_codes - 1` for a block skipped by depth)."""
         B = self.B
         combo = self._lut[enc[:, :B] * self._emul + enc[:, B:2 * B]]
-        return np.where(self._pos < enc[:, self._stage_cols], combo, self.n_codes - 1)
+        combo[self._pos >= enc[:, self._stage_cols]] = self.n_codes - 1
+        return combo
 
     def keys(self, enc: np.ndarray, codes: np.ndarray) -> list[bytes]:
         k = np.empty((len(enc), self.B + 1), dtype=np.uint8)
@@ -405,9 +408,11 @@ class _Problem:
         out = {}
         for name in self.metric_names:
             if name == "latency_ms" and self._lat is not None:
-                flat, roff, fix, boff = self._lat
+                flat, roff, fix = self._lat
                 r = enc[:, -1]
-                out[name] = fix[r] + flat[codes + boff + roff[r][:, None]].sum(axis=1)
+                idx = roff[r]                                        # (N, B): each block's row at this r
+                idx += codes
+                out[name] = flat[idx].sum(axis=1) + fix[r]
             else:
                 out[name] = np.asarray(self.eff.fns[name](enc), dtype=np.float64).reshape(-1)
         return out
