@@ -90,7 +90,7 @@ def cmd_profile_host(args) -> int:
     from workers import runner
     s, db, store = _store_and_db()
     runner.profile_host(db, store, s, args.device or s.host_device_name, args.supernet or s.default_supernet,
-                        repeats=args.repeats)
+                        repeats=args.repeats, check=args.check)
     print(f"device {args.device or s.host_device_name} registered from this host's measurements")
     return 0
 
@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     h = sub.add_parser("profile-host", help="measure this host's latency table and register it as a device")
     h.add_argument("--device")
     h.add_argument("--supernet")
-    h.add_argument("--repeats", type=int)
+    h.add_argument("--repeats", type=int, help="timed runs of each covering network (default 40)")
+    h.add_argument("--check", type=int, default=20,
+                   help="random sub-networks timed end to end alongside; their agreement is stored (0: none)")
     h.set_defaults(fn=cmd_profile_host)
     sv = sub.add_parser("serve", help="embedded default: SQLite + serverless broker, API + worker")
     sv.add_argument("--host", default="127.0.0.1")

@@ -114,12 +114,14 @@ def compute_front(db, store, settings, device_id: int, table_id: int, supernet: 
     return "stored"
 
 
-def profile_host(db, store, settings, device_name: str, supernet: str, repeats: int | None = None) -> str:
-    """Measure this host's latency table with ofa_core.profiler and register/update it as a device."""
+def profile_host(db, store, settings, device_name: str, supernet: str, repeats: int | None = None,
+                 check: int = 0) -> str:
+    """Measure this host's latency table with ofa_core.profiler and register/update it as a device (with `check`,
+    the table's end-to-end agreement on that many random sub-networks is stored in its provenance)."""
     from service.devices import service as device_service
     from service.engine.profile import profile_table
     eng = store.get(supernet)
-    table, prov = profile_table(eng.spec, repeats=repeats)
+    table, prov = profile_table(eng.spec, repeats=repeats, check=check, supernet=eng.supernet)
     with db.session() as s:
         d = device_repo.get_by_name(s, device_name)
         if d is None:
