@@ -234,11 +234,9 @@ class AccuracyPredictor:
         if fast is None:
             return self.predict_codes
         table, b1, rest = fast
-        (w2, b2), (w3, b3), (w4, b4) = rest if len(rest) == 3 else (None, None, None)
-        if w2 is None:
-            return self.predict_codes
         code_base, res_row = self._code_base, self._res_row
         emb, addmm, full = torch.nn.functional.embedding_bag, torch.addmm, self.predict_codes
+        hidden, (w_out, b_out) = rest[:-1], rest[-1]
 
         def predict(codes: np.ndarray, r: np.ndarray) -> np.ndarray:
             m = len(r)
@@ -250,10 +248,10 @@ class AccuracyPredictor:
             idx[:, -1] = res_row[r]
             if len(offsets[0]) < m:                                    # bag starts, grown as needed
                 offsets[0] = torch.arange(0, max(m, 256) * w, w)
-            h = emb(torch.from_numpy(idx.reshape(-1)), table, offsets[0][:m], mode="sum")
-            h = addmm(b2, h.add_(b1).relu_(), w2).relu_()              # (m, H)
-            h = addmm(b3, h, w3).relu_()                               # (m, H)
-            return addmm(b4, h, w4).view(-1).numpy()                   # (m,) float32
+            h = emb(torch.from_numpy(idx.reshape(-1)), table, offsets[0][:m], mode="sum").add_(b1).relu_()
+            for wt, b in hidden:
+                h = addmm(b, h, wt).relu_()                            # (m, H)
+            return addmm(b_out, h, w_out).view(-1).numpy()             # (m,) float32
         offsets = [torch.zeros(0, dtype=torch.int64)]
         return predict
 

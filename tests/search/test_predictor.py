@@ -103,3 +103,12 @@ def test_codes_predictor_matches_predict_codes(published_predictor, note10):
     lean = pred.codes_predictor()
     np.testing.assert_array_equal(lean(pred.codes(enc), enc[:, -1]), pred.predict_codes(pred.codes(enc), enc[:, -1]))
     np.testing.assert_allclose(lean(pred.codes(enc[:7]), enc[:7, -1]), pred.predict_mlp(enc[:7]), atol=1e-6)
+
+
+def test_codes_predictor_any_depth():
+    spec = get_spec("ofa_mbv3_cifar10")
+    enc = spec.sample_encoded(50, np.random.default_rng(2))
+    for n_layers in (1, 2, 4):
+        pred = AccuracyPredictor(spec, hidden=32, n_layers=n_layers)
+        np.testing.assert_allclose(pred.codes_predictor()(pred.codes(enc), enc[:, -1]), pred.predict_mlp(enc),
+                                   atol=1e-6)
