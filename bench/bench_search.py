@@ -356,7 +356,7 @@ def main(argv=None):
     ap.add_argument("--pareto-low", type=float, default=10.0)
     ap.add_argument("--pareto-high", type=float, default=60.0)
     ap.add_argument("--prof-n", type=int, default=50)
-    ap.add_argument("--prof-repeats", type=int, default=20)
+    ap.add_argument("--prof-repeats", type=int, default=40)
     ap.add_argument("--prof-cache", default=None, help="JSON file for resumable profiling")
     ap.add_argument("--statistic", default="median", choices=["median", "min", "p25"],
                     help="statistic of the isolated-operator table shown for comparison")
