@@ -679,7 +679,8 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
         if plan is None or gen - plan_start >= plan_gens:
             ks_ = [min(n * oversample, max(n, math.ceil((n + 2 * math.sqrt(n)) / max(r_, 1e-3))))
                    for n, r_ in ((n_mut, rate[0]), (n_cross, rate[1]))]
-            plan_start, plan_gens = gen, min(plan_chunk, generations - gen)
+            # the first plan is short: the feasible shares it measures size the later ones
+            plan_start, plan_gens = gen, min(plan_chunk if gen else 5, generations - gen)
             plan = _ChildPlan(space, n_par, ks_[0], ks_[1], plan_gens, rng, mutate_prob, resolution_mutate_prob)
             lim = np.concatenate([np.full(ks_[0], n_mut), np.full(ks_[1], n_cross)])
         km = plan.k_mut
