@@ -106,7 +106,7 @@ def test_init_pool_and_determinism_with_generator(setup):
     spec, eff, pred = setup
     a = evolutionary_search(spec, pred, eff, {"latency_ms": 25}, generations=20, seed=np.random.default_rng(5))
     b = evolutionary_search(spec, pred, eff, {"latency_ms": 25}, generations=20, seed=np.random.default_rng(5))
-    c = evolutionary_search(spec, pred, eff, {"latency_ms": 25}, generations=20, seed=5, init_pool=1)
+    c = evolutionary_search(spec, pred, eff, {"latency_ms": 25}, generations=20, seed=5, init_pool=4)
     np.testing.assert_array_equal(a.enc, b.enc)
     assert a.history == b.history and a.latency_ms <= 25 and c.latency_ms <= 25
     assert all(np.diff(a.history) >= 0)
