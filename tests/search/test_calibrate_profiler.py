@@ -15,6 +15,7 @@ def test_calibration_recovers_known_table(note10):
     cal = calibrate(note10, enc[:10], y[:10])
     assert cal.source == "calibrated" and cal.environment["calibration_pairs"] == 10
     np.testing.assert_allclose(cal.predict(enc[10:]), y[10:], rtol=1e-3)
+    assert share_within(cal, enc[10:], y[10:]) == 1.0 and share_within(note10, enc[10:], y[10:]) == 0.0
     # per-operator perturbations: more pairs -> better held-out agreement
     true2 = note10.with_means({r: {k: e.mean * np.exp(rng.normal(0, 0.3)) for k, e in t.items()}
                                for r, t in note10.tables.items()}, source="measured")

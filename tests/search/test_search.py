@@ -119,7 +119,7 @@ def test_child_plan_children(setup):
     from ofa_core.search import _ChildPlan, _Space
     from ofa_core.spec import validate_encoded
     spec, _, _ = setup
-    B, S = spec.n_blocks, spec.n_stages
+    B = spec.n_blocks
     space = _Space(spec, None)
     rng = np.random.default_rng(1)
     par = spec.sample_encoded(25, rng)
