@@ -278,7 +278,8 @@ class _Space:
         """n uniform crossovers of two random parents, gene by gene (one random bit per gene)."""
         W = parents.shape[1]
         idx = rng.integers(0, len(parents), size=(n, 2))
-        bits = np.unpackbits(np.frombuffer(rng.bytes(n * ((W + 7) // 8)), dtype=np.uint8).reshape(n, -1), axis=1,
+        nbytes = (W + 7) // 8
+        bits = np.unpackbits(np.frombuffer(rng.bytes(n * nbytes), dtype=np.uint8).reshape(n, nbytes), axis=1,
                              count=W).view(bool)
         return np.where(bits, parents[idx[:, 0]], parents[idx[:, 1]])
 
@@ -321,8 +322,9 @@ class _ChildPlan:
         thr = np.full(B + S + 1, p, dtype=np.float32)
         thr[-1] = p_res
         mut = (rng.random((gens, k_mut, B + S + 1), dtype=np.float32) < thr)[:, :, space._mask_col]
-        cross = np.unpackbits(np.frombuffer(rng.bytes(gens * k_cross * ((W + 7) // 8)), dtype=np.uint8)
-                              .reshape(gens, k_cross, -1), axis=2, count=W).view(bool)
+        nbytes = (W + 7) // 8
+        cross = np.unpackbits(np.frombuffer(rng.bytes(gens * k_cross * nbytes), dtype=np.uint8)
+                              .reshape(gens, k_cross, nbytes), axis=2, count=W).view(bool)
         self.mask = np.concatenate([mut, cross], axis=1)                                  # (gens, K, W)
         self.fresh = space.fresh_where(mut, rng)                                          # (gens, k_mut, W)
         pick = rng.integers(0, n_par, size=(gens, k_mut + 2 * k_cross))

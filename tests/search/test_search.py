@@ -154,3 +154,12 @@ def test_cache_reset_changes_nothing(setup, monkeypatch):
     b = evolutionary_search(spec, pred, eff, {"latency_ms": 22}, generations=40, seed=7)
     np.testing.assert_array_equal(a.enc, b.enc)
     assert a.history == b.history
+
+
+def test_all_mutants_or_all_crossovers(setup):
+    """mutation_ratio 0 (crossovers only) and 1 (mutants only) both run and respect the budget."""
+    spec, eff, pred = setup
+    for ratio in (0.0, 1.0):
+        r = evolutionary_search(spec, pred, eff, {"latency_ms": 25}, generations=12, population_size=10,
+                                mutation_ratio=ratio, seed=1)
+        assert r.latency_ms <= 25 and r.generations == 12
