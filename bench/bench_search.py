@@ -8,6 +8,13 @@ The reference below is written the way the published code works: configs are Pyt
 drawn with `random`, its latency is the sum of per-operator table lookups built from key strings one candidate at
 a time, rejection sampling loops per candidate (no bound: it is only run at feasible budgets), and the predictor
 turns each config into features in Python before one batched forward per generation.
+
+Protocol: ours and the reference both run every seed in `--seeds` (default 0 1 2) at each budget; ours runs
+`--repeats` times per seed (median wall time), half before and half after the reference's single run, so both see
+the host in the same state. The speed-up is total reference time / total of ours; accuracies are medians over
+seeds (per-seed figures follow each row). The profiler section profiles the CIFAR supernet in context (40 rounds)
+with a 50-network end-to-end check in the same rounds, then checks 50 other networks afterwards, against the
+isolated-operator table and against a second measurement (the noise floor).
 """
 from __future__ import annotations
 
