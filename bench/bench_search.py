@@ -302,9 +302,9 @@ def bench_latency(args, table, pred):
 
 def bench_profiler(args):
     from ofa_core.mbv3 import build_supernet
-    from ofa_core.profiler import check_table, profile_table
+    from ofa_core.profiler import agreement, check_table, profile_table
     spec = get_spec("ofa_mbv3_cifar10")
-    share = lambda ratio: float(np.mean(np.abs(ratio - 1) <= 0.10))
+    share = lambda ratio: agreement(ratio)["share_within"]
     print(f"\n== profiler on this host: {spec.name}, threads=1 ==")
     t0 = time.perf_counter()
     table = profile_table(spec, mode="network", repeats=args.prof_repeats, threads=1, progress=False,

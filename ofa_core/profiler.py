@@ -182,11 +182,10 @@ def time_layers(net: StaticMobileNetV3, x: torch.Tensor) -> np.ndarray:
 
 
 def _interleaved(nets: Sequence[nn.Module], inputs: Sequence[torch.Tensor], run: Callable | Sequence[Callable],
-                 rounds: int, per_round: int, warmup: int,
-                 reduce: Callable[[np.ndarray, np.ndarray | None], np.ndarray], state: list,
-                 on_round: Callable[[int], None] | None = None, start_round: int = 0) -> list:
-    """Run every net `per_round` times per round, round after round (a slow spell hits all nets alike);
-    state[i] = reduce(new timings, state[i]) after each round. `run(net, x)` (one, or one per net) returns the
+                 rounds: int, warmup: int, reduce: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+                 state: list, on_round: Callable[[int], None] | None = None, start_round: int = 0) -> list:
+    """Run every net once per round, round after round (a slow spell of the host hits all nets alike);
+    state[i] = reduce(new timings, state[i]) after each run. `run(net, x)` (one, or one per net) returns the
     timings of one forward as an array."""
     runs = list(run) if isinstance(run, (list, tuple)) else [run] * len(nets)
     with torch.no_grad():
@@ -195,15 +194,23 @@ def _interleaved(nets: Sequence[nn.Module], inputs: Sequence[torch.Tensor], run:
                 fn(net, x)
         for rnd in range(start_round, rounds):
             for i, (fn, net, x) in enumerate(zip(runs, nets, inputs)):
-                state[i] = reduce(np.stack([fn(net, x) for _ in range(per_round)]), state[i])
+                state[i] = reduce(fn(net, x), state[i])
             if on_round is not None:
                 on_round(rnd)
     return state
 
 
+def agreement(ratio: np.ndarray, tolerance: float = 0.10) -> dict[str, float]:
+    """Summary of predicted/measured ratios: share within +-tolerance, median |relative error|, median/min/max."""
+    ratio = np.asarray(ratio, dtype=np.float64)
+    return {"n": int(len(ratio)), "tolerance": float(tolerance),
+            "share_within": float(np.mean(np.abs(ratio - 1) <= tolerance)),
+            "median_abs_rel_err": float(np.median(np.abs(ratio - 1))), "median_ratio": float(np.median(ratio)),
+            "min_ratio": float(ratio.min()), "max_ratio": float(ratio.max())}
+
+
 def _min_reduce(t: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
-    m = t.min(axis=0)
-    return m if prev is None else np.minimum(m, prev)
+    return t if prev is None else np.minimum(t, prev)
 
 
 def profile_table(spec: SupernetSpec | str, resolutions: Iterable[int] | None = None, *, mode: str = "network",
@@ -283,7 +290,7 @@ def profile_table(spec: SupernetSpec | str, resolutions: Iterable[int] | None = 
 
 
 def _profile_network(spec, res, repeats, warmup, covers, supernet, done, save, progress, seed, check, tolerance):
-    per_round, rounds = 1, repeats                  # one run per network per round: as spread in time as can be
+    rounds = repeats                                # one run per network per round: as spread in time as can be
     supernet = supernet if supernet is not None else build_supernet(spec, seed=seed)
     supernet.eval()
     check_enc = (spec.sample_encoded(check, np.random.default_rng([seed, 1]), res) if check > 0
@@ -318,7 +325,7 @@ def _profile_network(spec, res, repeats, warmup, covers, supernet, done, save, p
                     if bar is not None:
                         bar.update(n)
                 _interleaved(nets, inputs, [_layers_and_total] * len(enc) + [_forward_ms] * len(rows), rounds,
-                             per_round, warmup, _min_reduce, state, on_round, start_round=part["rounds"])
+                             warmup, _min_reduce, state, on_round, start_round=part["rounds"])
                 del nets
             occ: dict[str, list[float]] = {}
             for e, mins in zip(enc, part["minima"][:len(enc)]):
@@ -336,11 +343,7 @@ def _profile_network(spec, res, repeats, warmup, covers, supernet, done, save, p
             bar.close()
     checked = None
     if len(check_enc):
-        ratio = LatencyTable(spec, tables, source="measured").predict(check_enc) / measured
-        checked = {"n": int(len(ratio)), "tolerance": tolerance,
-                   "share_within": float(np.mean(np.abs(ratio - 1) <= tolerance)),
-                   "median_ratio": float(np.median(ratio)), "min_ratio": float(ratio.min()),
-                   "max_ratio": float(ratio.max())}
+        checked = agreement(LatencyTable(spec, tables, source="measured").predict(check_enc) / measured, tolerance)
     return tables, checked
 
 
@@ -400,8 +403,7 @@ def check_table(supernet: nn.Module, table: LatencyTable, n: int = 50, *, rng: n
 
     Each extracted network runs `repeats` times, one run per round over all n networks; its latency is
     `statistic` of those runs (default: the table's statistic, "min" for a network-mode table).
-    Returns {"share_within": fraction with |pred/measured - 1| <= tolerance, "enc", "predicted", "measured",
-    "ratio", "median_abs_rel_err"}.
+    Returns `agreement(ratio, tolerance)` plus "enc", "predicted", "measured", "ratio" and "statistic".
     """
     spec = table.spec
     statistic = statistic or table.environment.get("statistic", "min")
@@ -412,21 +414,19 @@ def check_table(supernet: nn.Module, table: LatencyTable, n: int = 50, *, rng: n
     pred = table.predict(enc)
     nets = [subnet_module(supernet, SubnetConfig.from_encoded(spec, e)) for e in enc]
     inputs = [torch.randn(1, 3, int(e[-1]), int(e[-1])) for e in enc]
-    per_round, rounds = 1, repeats
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=rounds, desc="end-to-end check", unit="round")
-    keep = lambda t, prev: t[:, 0] if prev is None else np.concatenate([prev, t[:, 0]])
+        bar = tqdm(total=repeats, desc="end-to-end check", unit="round")
+    keep = lambda t, prev: t if prev is None else np.concatenate([prev, t])
     try:
         with _Threads(threads):
-            runs = _interleaved(nets, inputs, _forward_ms, rounds, per_round, warmup, keep, [None] * n,
+            runs = _interleaved(nets, inputs, _forward_ms, repeats, warmup, keep, [None] * n,
                                 (lambda _: bar.update(1)) if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
     meas = np.asarray([_STATS[statistic](t) for t in runs])
     ratio = pred / meas
-    return {"share_within": float(np.mean(np.abs(ratio - 1) <= tolerance)), "tolerance": tolerance, "enc": enc,
-            "predicted": pred, "measured": meas, "ratio": ratio, "statistic": statistic,
-            "median_abs_rel_err": float(np.median(np.abs(ratio - 1)))}
+    return {**agreement(ratio, tolerance), "enc": enc, "predicted": pred, "measured": meas, "ratio": ratio,
+            "statistic": statistic}
