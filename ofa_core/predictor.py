@@ -205,25 +205,27 @@ class AccuracyPredictor:
                         x = torch.from_numpy(self._features_from_codes(c, rr))
                         out[s:s + batch_size] = self.model(x).view(-1).double().numpy()
                         continue
-                    table, b1, rest = fast
-                    m, w = len(rr), c.shape[1] + 1
-                    idx = np.empty((m, w), dtype=np.int64)
-                    np.add(c, self._code_base, out=idx[:, :-1])
-                    idx[:, -1] = self._res_row[rr]
-                    if len(self._offsets) < m or self._offsets_w != w:
-                        self._offsets, self._offsets_w = torch.arange(0, max(m, 128) * w, w), w
-                    h = torch.nn.functional.embedding_bag(torch.from_numpy(idx.reshape(-1)), table,
-                                                          self._offsets[:m], mode="sum")
-                    h.add_(b1).relu_()
-                    for i, (w, b) in enumerate(rest):
-                        h = torch.addmm(b, h, w)
-                        if i < len(rest) - 1:
-                            h.relu_()
-                    out[s:s + batch_size] = h.view(-1).numpy()
+                    out[s:s + batch_size] = self._forward_codes(fast, c, rr).numpy()
         finally:
             if single:
                 torch.set_num_threads(n_threads)
         return out
+
+    def _forward_codes(self, fast: tuple, codes: np.ndarray, r: np.ndarray) -> torch.Tensor:
+        """The fast path on unchecked codes and resolutions: (m,) float32 (no autograd: the weights are detached)."""
+        table, b1, rest = fast
+        m, w = len(r), codes.shape[1] + 1
+        idx = np.empty((m, w), dtype=np.int64)
+        np.add(codes, self._code_base, out=idx[:, :-1])
+        idx[:, -1] = self._res_row[r]
+        if len(self._offsets) < m or self._offsets_w != w:                     # bag starts, grown as needed
+            self._offsets, self._offsets_w = torch.arange(0, max(m, 256) * w, w), w
+        h = torch.nn.functional.embedding_bag(torch.from_numpy(idx.reshape(-1)), table, self._offsets[:m],
+                                              mode="sum").add_(b1).relu_()
+        for wt, b in rest[:-1]:
+            h = torch.addmm(b, h, wt).relu_()                                  # (m, H)
+        w_out, b_out = rest[-1]
+        return torch.addmm(b_out, h, w_out).view(-1)                           # (m,)
 
     def codes_predictor(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """A lean `predict_codes` for a hot loop (the search): the weights are snapshotted now and inputs are not
@@ -233,26 +235,11 @@ class AccuracyPredictor:
         fast = self._fast_weights()
         if fast is None:
             return self.predict_codes
-        table, b1, rest = fast
-        code_base, res_row = self._code_base, self._res_row
-        emb, addmm, full = torch.nn.functional.embedding_bag, torch.addmm, self.predict_codes
-        hidden, (w_out, b_out) = rest[:-1], rest[-1]
 
         def predict(codes: np.ndarray, r: np.ndarray) -> np.ndarray:
-            m = len(r)
-            if torch.get_num_threads() > 1 or m > 65536:
-                return full(codes, r)
-            w = codes.shape[1] + 1
-            idx = np.empty((m, w), dtype=np.int64)
-            np.add(codes, code_base, out=idx[:, :-1])
-            idx[:, -1] = res_row[r]
-            if len(offsets[0]) < m:                                    # bag starts, grown as needed
-                offsets[0] = torch.arange(0, max(m, 256) * w, w)
-            h = emb(torch.from_numpy(idx.reshape(-1)), table, offsets[0][:m], mode="sum").add_(b1).relu_()
-            for wt, b in hidden:
-                h = addmm(b, h, wt).relu_()                            # (m, H)
-            return addmm(b_out, h, w_out).view(-1).numpy()             # (m,) float32
-        offsets = [torch.zeros(0, dtype=torch.int64)]
+            if torch.get_num_threads() > 1 or len(r) > 65536:
+                return self.predict_codes(codes, r)
+            return self._forward_codes(fast, codes, r).numpy()                 # (m,) float32
         return predict
 
     def _features_from_codes(self, codes: np.ndarray, r: np.ndarray) -> np.ndarray:
