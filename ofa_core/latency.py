@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import yaml
 
-from .spec import SubnetConfig, SupernetSpec, get_spec
+from .spec import SubnetConfig, SupernetSpec, as_encoded_batch, get_spec
 
 SOURCES = ("imported", "measured", "calibrated")
 FORMAT = "ofa-latency-table"
@@ -170,14 +170,6 @@ class LatencyTable:
         self._barange = np.arange(B)[None, :]
 
     # -- prediction --------------------------------------------------------------------------------
-    def _check_enc(self, enc: np.ndarray) -> np.ndarray:
-        enc = np.asarray(enc)
-        if enc.ndim == 1:
-            enc = enc[None]
-        if enc.ndim != 2 or enc.shape[1] != self.spec.enc_width:
-            raise ValueError(f"expected encoded configs of shape (N, {self.spec.enc_width}), got {enc.shape}")
-        return enc
-
     def _res_idx(self, r: np.ndarray) -> np.ndarray:
         if len(r) and (r.min() < 0 or r.max() >= len(self._res_index) or (self._res_index[r] < 0).any()):
             bad = [int(v) for v in np.unique(r) if v < 0 or v >= len(self._res_index) or self._res_index[v] < 0]
@@ -188,7 +180,7 @@ class LatencyTable:
         """Latency in ms of each encoded config, (N,) float64. Vectorized: one gather + masked sum."""
         spec = self.spec
         B = spec.n_blocks
-        enc = self._check_enc(enc)
+        enc = as_encoded_batch(self.spec, enc)
         ri = self._res_idx(enc[:, -1])
         ks, ev = enc[:, :B], enc[:, B:2 * B]
         if ks.max(initial=0) >= self._combo.shape[0] or ev.max(initial=0) >= self._combo.shape[1] \

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .spec import SubnetConfig, SupernetSpec, active_mask, canonicalize_encoded, get_spec
+from .spec import SubnetConfig, SupernetSpec, active_mask, as_encoded_batch, canonicalize_encoded, get_spec
 
 ENCODINGS = ("published", "onehot")
 PUBLISHED_RES_SLOTS = 8
@@ -94,20 +94,11 @@ class AccuracyPredictor:
         B = self.spec.n_blocks
         return B * len(self.spec.ks_list) + B * len(self.spec.expand_list) + self.n_res_slots
 
-    def _as_batch(self, enc: np.ndarray) -> np.ndarray:
-        """One encoded config or a batch -> (N, enc_width), checked."""
-        enc = np.asarray(enc)
-        if enc.ndim == 1:
-            enc = enc[None]
-        if enc.ndim != 2 or enc.shape[1] != self.spec.enc_width:
-            raise PredictorError(f"expected encoded configs of width {self.spec.enc_width}, got {enc.shape}")
-        return enc
-
     def features(self, enc: np.ndarray) -> np.ndarray:
         """(N, enc_width) encoded configs -> (N, n_features) float32 one-hot features."""
         spec = self.spec
         B, S = spec.n_blocks, spec.n_stages
-        enc = self._as_batch(enc)
+        enc = as_encoded_batch(self.spec, enc, PredictorError)
         n = enc.shape[0]
         feats = np.zeros((n, self.n_features), dtype=np.float32)
         mask = active_mask(spec, enc[:, 2 * B:2 * B + S])
@@ -138,7 +129,7 @@ class AccuracyPredictor:
         """(N, enc_width) encoded configs -> (N, n_blocks) block codes (ki * n_e + ei; n_k * n_e if skipped)."""
         spec = self.spec
         B = spec.n_blocks
-        enc = self._as_batch(enc)
+        enc = as_encoded_batch(self.spec, enc, PredictorError)
         ks, ev = enc[:, :B], enc[:, B:2 * B]
         if len(enc) and (ks.min() < 0 or ev.min() < 0 or ks.max() > max(spec.ks_list) or ev.max() >= self._emul):
             raise PredictorError("kernel size or expand ratio outside the supernet's lists")

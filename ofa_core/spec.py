@@ -171,6 +171,16 @@ def canonicalize_encoded(spec: SupernetSpec, enc: np.ndarray) -> np.ndarray:
     return enc
 
 
+def as_encoded_batch(spec: SupernetSpec, enc: np.ndarray, error: type[Exception] = ValueError) -> np.ndarray:
+    """One encoded config or a batch -> (N, enc_width) array; raises `error` naming the expected shape."""
+    enc = np.asarray(enc)
+    if enc.ndim == 1:
+        enc = enc[None]
+    if enc.ndim != 2 or enc.shape[1] != spec.enc_width:
+        raise error(f"expected encoded configs of shape (N, {spec.enc_width}), got {enc.shape}")
+    return enc
+
+
 def validate_encoded(spec: SupernetSpec, enc: np.ndarray) -> np.ndarray:
     enc = np.asarray(enc)
     if enc.ndim != 2 or enc.shape[1] != spec.enc_width:
