@@ -585,8 +585,8 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
     constrained metric) subject to accuracy >= floor and the other limits. The initial population is the best
     `population_size` of `init_pool * population_size` feasible samples (1, the default, is the published random
     start; a greedier start converged to worse optima at 15 and 30 ms on Note10, over 8 seeds). After the
-    generations, a bounded greedy
-    polish tries every one-gene change of the best config (`polish_steps` rounds, 0 to disable).
+    generations, a bounded greedy polish tries every one-gene change of the best config (`polish_steps` rounds, 0
+    to disable).
     Raises `InfeasibleError` at once for an impossible request, `SearchCancelled` when `should_stop` (a callable or
     a threading.Event) fires. Deterministic for a given integer seed.
     """
