@@ -331,14 +331,22 @@ class _ChildPlan:
         self.a = np.concatenate([np.broadcast_to(n_par + np.arange(k_mut), (gens, k_mut)), pick[:, k_mut::2]], 1)
         self.b = np.concatenate([pick[:, :k_mut], pick[:, k_mut + 1::2]], axis=1)          # (gens, K)
 
-    def children(self, parents: np.ndarray, g: int) -> np.ndarray:
-        """(k_mut + k_cross, W): mutants first, then crossovers."""
-        a, b = self.a[g], self.b[g]
-        if len(parents) < self.n_par:            # fewer feasible parents than planned: fold the indices
-            a = np.where(a < self.n_par, a % len(parents), a - self.n_par + len(parents))
-            b = b % len(parents)
-        src = np.concatenate([parents, self.fresh[g]])
-        return np.where(self.mask[g], src[a], src[b])
+    def children(self, parents: np.ndarray, g0: int, g1: int | None = None) -> np.ndarray:
+        """((g1 - g0) * (k_mut + k_cross), W): the children of generations g0 .. g1 - 1 (default: g0 only) from the
+        same parents, generation by generation, mutants first, then crossovers."""
+        g1 = g0 + 1 if g1 is None else g1
+        a, b, n = self.a[g0:g1], self.b[g0:g1], len(parents)
+        fresh = self.fresh[g0:g1]
+        if n < self.n_par:                       # fewer feasible parents than planned: fold the indices
+            a = np.where(a < self.n_par, a % n, a - self.n_par + n)
+            b = b % n
+        if g1 - g0 > 1:                          # generation i's fresh rows follow those of the generations before
+            a = a + np.where(a >= n, np.arange(g1 - g0)[:, None] * self.k_mut, 0)
+        src = np.concatenate([parents, fresh.reshape(-1, fresh.shape[-1])])
+        return np.where(self.mask[g0:g1], src[a], src[b]).reshape(-1, src.shape[1])
+
+
+_MAX_BLOCK = 8
 
 
 class _Problem:
@@ -449,6 +457,63 @@ class _Problem:
             index.update(zip(first, range(base, base + m)))
             ids[miss] = list(map(index.__getitem__, mk))
         return ids, self._acc[ids]
+
+    def make_room(self, n: int) -> bool:
+        """Reset the cache if `n` more entries would pass `max_cache`; True if it was reset (ids changed)."""
+        if len(self._index) + n <= self.max_cache:
+            return False
+        self._index, self._n, self.epoch = {}, 0, self.epoch + 1
+        return True
+
+    def _predict_rows(self, enc: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        if self._pred_codes is not None:
+            return self._pred_codes(codes, enc[:, -1])
+        return self.predictor.predict(canonicalize_encoded(self.spec, enc))
+
+    def lookup_gens(self, enc: np.ndarray, codes: np.ndarray, n_gens: int,
+                    changes: Callable[[int, np.ndarray, np.ndarray], bool]
+                    ) -> tuple[np.ndarray, np.ndarray, int, bool]:
+        """`lookup` for the children of `n_gens` generations (equal numbers of rows, in generation order), with an
+        early stop: configs not cached yet are predicted one generation at a time, and after generation i
+        `changes(i, its ids, its accuracies)` (ids -1 for configs first seen in this call) may stop it. The later
+        generations are then dropped: neither predicted nor cached.
+
+        -> (ids, accuracies) of the rows of the kept generations, how many were kept, whether `changes` fired."""
+        n = len(enc) // n_gens
+        keys = self.keys(enc, codes)
+        index = self._index
+        ids = np.fromiter(map(index.get, keys, repeat(-1)), dtype=np.intp, count=len(keys))
+        acc = self._acc[ids]                                  # junk where ids == -1: filled below
+        miss = np.flatnonzero(ids < 0)
+        m_keys = [keys[i] for i in miss.tolist()]
+        first = dict(zip(m_keys[::-1], miss[::-1].tolist()))     # each new config -> its first row
+        src = np.fromiter(map(first.__getitem__, m_keys), dtype=np.intp, count=len(m_keys))
+        new = np.sort(np.fromiter(first.values(), dtype=np.intp, count=len(first)))
+        cuts = np.arange(n_gens + 1) * n
+        new_at, miss_at = np.searchsorted(new, cuts).tolist(), np.searchsorted(miss, cuts).tolist()
+        n_enc, n_codes = enc[new], codes[new]
+        kept, changed = n_gens, False
+        for i in range(n_gens):
+            a, b = new_at[i], new_at[i + 1]
+            if b > a:
+                acc[new[a:b]] = self._predict_rows(n_enc[a:b], n_codes[a:b])
+            a, b = miss_at[i], miss_at[i + 1]
+            if b > a:
+                acc[miss[a:b]] = acc[src[a:b]]               # repeats of a config first seen earlier
+            if changes(i, ids[i * n:(i + 1) * n], acc[i * n:(i + 1) * n]):
+                kept, changed = i + 1, True
+                break
+        m = new_at[kept]
+        if m:                                                 # cache what was predicted
+            base = self._n
+            if base + m > len(self._acc):
+                self._acc = np.concatenate([self._acc, np.empty(max(base + m, 2 * len(self._acc)) - len(self._acc))])
+            self._acc[base:base + m] = acc[new[:m]]
+            self._n = base + m
+            index.update(zip([keys[i] for i in new[:m].tolist()], range(base, base + m)))
+            k = miss_at[kept]
+            ids[miss[:k]] = list(map(index.__getitem__, m_keys[:k]))
+        return ids[:kept * n], acc[:kept * n], kept, changed
 
     @property
     def n_ids(self) -> int:
@@ -651,10 +716,13 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
     rate = [1.0 / max(oversample, 1)] * 2                # running feasible share of mutants / crossovers
     plan, plan_start, plan_gens, plan_chunk = None, 0, 0, 50
     stamp, rank = np.zeros(0, dtype=np.intp), np.arange(4 * population_size + 4 * n_par, dtype=np.intp)
-    for gen in range(generations):
+    block = 1                                            # generations evaluated together (see below)
+    gen = 0
+    while gen < generations:
         if _stop_requested(should_stop):
             raise SearchCancelled(gen)
         order = np.argsort(-fit, kind="stable")
+        distinct = True
         if dedup_parents:                    # distinct parents keep diversity (duplicates add nothing)
             s_ids = ids[order]
             if len(stamp) < problem.n_ids:
@@ -667,19 +735,19 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
             sel_a = order[first][:n_par]
             if len(sel_a) < n_par:           # too few distinct: duplicates fill up, best first
                 sel_a = np.concatenate([sel_a, order[~first]])[:n_par]
+                distinct = False
         else:
             sel_a = order[:n_par]
-        p_enc, p_acc, p_fit = enc[sel_a], acc[sel_a], fit[sel_a]
+        p_enc, p_acc, p_fit, p_ids = enc[sel_a], acc[sel_a], fit[sel_a], ids[sel_a]
         p_met = {k: v[sel_a] for k, v in mets.items()}
         epoch = problem.epoch                # parents' ids stay valid unless the cache is reset below
-        history.append(float(p_fit[0]))
-        if progress is not None:
-            lat = p_met.get("latency_ms")
-            progress(gen, float(p_acc[0]), float(lat[0]) if lat is not None else float("nan"))
 
-        # children: one batch of mutants + crossovers from the plan, rejection-sampled against the limits (the plan
-        # is sized by the share that was feasible lately); a short batch is topped up by further bounded rounds,
-        # then parent copies
+        # Children: mutants + crossovers from the plan, rejection-sampled against the limits (the plan is sized by
+        # the share that was feasible lately). The parents stay the same from one generation to the next unless a
+        # child beats the last of them (late in a search, in >90% of generations), and the plan does not depend on
+        # the parents, so the children of up to `block` generations are made, checked and looked up together, then
+        # predicted generation by generation until one changes the parents; the later ones are dropped unpredicted
+        # and redone from the new parents. The result is that of one generation at a time.
         if plan is None or gen - plan_start >= plan_gens:
             ks_ = [min(n * oversample, max(n, math.ceil((n + 2 * math.sqrt(n)) / max(r_, 1e-3))))
                    for n, r_ in ((n_mut, rate[0]), (n_cross, rate[1]))]
@@ -687,8 +755,11 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
             plan_start, plan_gens = gen, min(plan_chunk if gen else 5, generations - gen)
             plan = _ChildPlan(space, n_par, ks_[0], ks_[1], plan_gens, rng, mutate_prob, resolution_mutate_prob)
             lim = np.concatenate([np.full(ks_[0], n_mut), np.full(ks_[1], n_cross)])
-        km = plan.k_mut
-        cand = plan.children(p_enc, gen - plan_start)
+        km, K = plan.k_mut, plan.k_mut + plan.k_cross
+        L = min(block, plan_start + plan_gens - gen) if distinct else 1
+        g0 = gen - plan_start
+        cand = plan.children(p_enc, g0, g0 + L)                                   # (L * K, W)
+        made = L
         c_codes = problem.codes(cand)
         c_met = problem.metrics(cand, c_codes)
         ok = problem.feasible(c_met)
@@ -696,39 +767,71 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
             c_acc = np.full(len(cand), -np.inf)
             c_acc[ok] = problem.accuracy(cand[ok], c_codes[ok])
             ok &= c_acc >= problem.min_acc
-        cnt = np.cumsum(ok)
-        n_ok = (int(cnt[km - 1]) if km else 0, int(cnt[-1]) - (int(cnt[km - 1]) if km else 0))
+        ok = ok.reshape(L, K)
+        cnt = np.cumsum(ok, axis=1)
+        n_ok = np.stack([cnt[:, km - 1] if km else np.zeros(L, dtype=cnt.dtype), cnt[:, -1]], axis=1)
+        n_ok[:, 1] -= n_ok[:, 0]                                 # feasible mutants, crossovers per generation
         if km:
-            cnt[km:] -= cnt[km - 1]
-        idx = np.flatnonzero(ok & (cnt <= lim))              # the first n_mut feasible mutants, n_cross crossovers
-        rate[0] = 0.7 * rate[0] + 0.3 * n_ok[0] / max(km, 1)
-        rate[1] = 0.7 * rate[1] + 0.3 * n_ok[1] / max(len(cand) - km, 1)
-        k_enc, k_cod = [cand[idx]], [c_codes[idx]]
+            cnt[:, km:] -= cnt[:, km - 1:km]
+        short = (n_ok[:, 0] < n_mut) | (n_ok[:, 1] < n_cross)
+        if short.any():                      # a short generation is done on its own, with top-ups
+            L = max(int(short.argmax()), 1)
+        idx = np.flatnonzero(ok[:L] & (cnt[:L] <= lim))          # per generation: the first n_mut feasible
+        k_enc, k_cod = [cand[idx]], [c_codes[idx]]               # mutants, then the first n_cross crossovers
         k_met = [{k: v[idx] for k, v in c_met.items()}]
-        for j, (have, n) in enumerate(((min(n_ok[0], n_mut), n_mut), (min(n_ok[1], n_cross), n_cross))):
-            if have < n and max_attempts > 1:
-                make = ((lambda m: space.mutate(p_enc, m, rng, mutate_prob, resolution_mutate_prob)) if j == 0
-                        else (lambda m: space.crossover(p_enc, m, rng)))
-                got, _ = _feasible_batch(problem, make, n - have, oversample, max_attempts - 1, predict=False)
-                if got is not None:
-                    k_enc.append(got.enc)
-                    k_cod.append(problem.codes(got.enc))
-                    k_met.append(got.metrics)
-                    have += len(got)
-            if have < n:                      # fallback: feasible parents fill the quota; never loops
-                pi = rng.integers(0, len(p_enc), size=n - have)
-                k_enc.append(p_enc[pi])
-                k_cod.append(problem.codes(p_enc[pi]))
-                k_met.append({k: v[pi] for k, v in p_met.items()})
-        kids = np.concatenate(k_enc)
-        k_codes = np.concatenate(k_cod)
-        k_ids, k_acc = problem.lookup(kids, k_codes)              # one (cached) predictor call for all new children
-        p_ids = ids[sel_a] if problem.epoch == epoch else problem.lookup(p_enc)[0]
-        enc = np.concatenate([p_enc, kids])
-        acc = np.concatenate([p_acc, k_acc])
-        ids = np.concatenate([p_ids, k_ids])
-        mets = {k: np.concatenate([p_met[k]] + [m[k] for m in k_met]) for k in p_met}
+        if L == 1 and short[0]:
+            for j, (have, n) in enumerate(((min(int(n_ok[0, 0]), n_mut), n_mut),
+                                           (min(int(n_ok[0, 1]), n_cross), n_cross))):
+                if have < n and max_attempts > 1:
+                    make = ((lambda m: space.mutate(p_enc, m, rng, mutate_prob, resolution_mutate_prob)) if j == 0
+                            else (lambda m: space.crossover(p_enc, m, rng)))
+                    got, _ = _feasible_batch(problem, make, n - have, oversample, max_attempts - 1, predict=False)
+                    if got is not None:
+                        k_enc.append(got.enc)
+                        k_cod.append(problem.codes(got.enc))
+                        k_met.append(got.metrics)
+                        have += len(got)
+                if have < n:                  # fallback: feasible parents fill the quota; never loops
+                    pi = rng.integers(0, len(p_enc), size=n - have)
+                    k_enc.append(p_enc[pi])
+                    k_cod.append(problem.codes(p_enc[pi]))
+                    k_met.append({k: v[pi] for k, v in p_met.items()})
+        kids = np.concatenate(k_enc) if len(k_enc) > 1 else k_enc[0]
+        k_codes = np.concatenate(k_cod) if len(k_cod) > 1 else k_cod[0]
+        k_met = {k: np.concatenate([m[k] for m in k_met]) for k in p_met} if len(k_met) > 1 else k_met[0]
+        n_kids = len(kids) // L                                   # n_mut + n_cross per generation
+        if problem.make_room(len(kids)) or problem.epoch != epoch:     # the cache was reset: new parent ids
+            p_ids = problem.lookup(p_enc)[0]
+        t0_fit, k_obj = p_fit[-1], (None if problem.objective == "accuracy" else -k_met[problem.objective])
+        is_par = None
+        if dedup_parents:
+            is_par = np.zeros(problem.n_ids + 1, dtype=bool)     # the extra last entry: id -1, a new config
+            is_par[p_ids] = True
+
+        def changes(i: int, i_ids: np.ndarray, i_acc: np.ndarray) -> bool:
+            """Do generation i's children change the parents? Only by beating the last one: ties rank after the
+            parents (stable sort), and a copy of a parent is dropped by the dedup."""
+            beats = (i_acc if k_obj is None else k_obj[i * n_kids:(i + 1) * n_kids]) > t0_fit
+            if is_par is not None:
+                beats &= ~is_par[i_ids]
+            return bool(beats.any())
+
+        k_ids, k_acc, keep, changed = problem.lookup_gens(kids, k_codes, L, changes)
+        block = max(1, block // 2) if changed or L < made else min(_MAX_BLOCK, 2 * block)  # less waste, or more at once
+        for i in range(keep):                # bookkeeping of the kept generations, in order
+            history.append(float(p_fit[0]))
+            if progress is not None:
+                lat = p_met.get("latency_ms")
+                progress(gen + i, float(p_acc[0]), float(lat[0]) if lat is not None else float("nan"))
+            rate[0] = 0.7 * rate[0] + 0.3 * int(n_ok[i, 0]) / max(km, 1)
+            rate[1] = 0.7 * rate[1] + 0.3 * int(n_ok[i, 1]) / max(K - km, 1)
+        last = slice((keep - 1) * n_kids, keep * n_kids)          # the population is the parents + the last kept
+        enc = np.concatenate([p_enc, kids[last]])                 # generation's children
+        acc = np.concatenate([p_acc, k_acc[last]])
+        ids = np.concatenate([p_ids, k_ids[last]])
+        mets = {k: np.concatenate([p_met[k], k_met[k][last]]) for k in p_met}
         fit = acc if problem.objective == "accuracy" else -mets[problem.objective]
+        gen += keep
     pop = _Pop(enc, mets, acc, fit)
     gens_run = generations
 
