@@ -39,6 +39,26 @@ def build_mlp(in_features: int, hidden: int = 400, n_layers: int = 3) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
+def _packed_hidden(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> list | None:
+    """The hidden layers as oneDNN weights packed once, with the ReLU fused (about 5-10% faster than addmm + relu_
+    on small batches), or None where this torch build has no oneDNN or the packed layers do not reproduce addmm
+    on a probe batch (to float32 rounding)."""
+    try:
+        if not layers or not torch.backends.mkldnn.is_available():
+            return None
+        packed = [(torch.ops.mkldnn._reorder_linear_weight(wt.T.contiguous(), 128), b) for wt, b in layers]
+        probe = torch.rand(37, layers[0][0].shape[0], generator=torch.Generator().manual_seed(0))
+        a = b_ = probe
+        for (wt, b), (pk, _) in zip(layers, packed):
+            a = torch.addmm(b, a, wt).relu_()
+            b_ = torch.ops.mkldnn._linear_pointwise(b_, pk, b, "relu", [], "")
+        if not torch.allclose(a, b_, rtol=1e-4, atol=1e-5 * float(a.abs().max()) + 1e-30):
+            return None
+        return packed
+    except (RuntimeError, AttributeError):
+        return None
+
+
 class AccuracyPredictor:
     """Predicts top-1 accuracy (0..1) of encoded sub-networks. `predict(enc) -> (N,) float64`."""
 
@@ -163,7 +183,7 @@ class AccuracyPredictor:
                 table = torch.cat([blocks.reshape(B * self.n_codes, -1), w1[:, B * (nk + ne):].T]).contiguous()
                 rest = [(m.weight.detach().float().T.contiguous(), m.bias.detach().float().clone())
                         for m in linear[1:]]
-                fast = (table, linear[0].bias.detach().float().clone(), rest)
+                fast = (table, linear[0].bias.detach().float().clone(), rest, _packed_hidden(rest[:-1]))
         self._fast, self._fast_sig = fast, sig
         return fast
 
@@ -204,7 +224,7 @@ class AccuracyPredictor:
 
     def _forward_codes(self, fast: tuple, codes: np.ndarray, r: np.ndarray) -> torch.Tensor:
         """The fast path on unchecked codes and resolutions: (m,) float32 (no autograd: the weights are detached)."""
-        table, b1, rest = fast
+        table, b1, rest, packed = fast
         m, w = len(r), codes.shape[1] + 1
         idx = np.empty((m, w), dtype=np.int64)
         np.add(codes, self._code_base, out=idx[:, :-1])
@@ -213,8 +233,12 @@ class AccuracyPredictor:
             self._offsets, self._offsets_w = torch.arange(0, max(m, 256) * w, w), w
         h = torch.nn.functional.embedding_bag(torch.from_numpy(idx.reshape(-1)), table, self._offsets[:m],
                                               mode="sum").add_(b1).relu_()
-        for wt, b in rest[:-1]:
-            h = torch.addmm(b, h, wt).relu_()                                  # (m, H)
+        if packed is not None:
+            for wt, b in packed:
+                h = torch.ops.mkldnn._linear_pointwise(h, wt, b, "relu", [], "")   # (m, H)
+        else:
+            for wt, b in rest[:-1]:
+                h = torch.addmm(b, h, wt).relu_()                              # (m, H)
         w_out, b_out = rest[-1]
         return torch.addmm(b_out, h, w_out).view(-1)                           # (m,)
 

@@ -346,7 +346,7 @@ class _ChildPlan:
         return np.where(self.mask[g0:g1], src[a], src[b]).reshape(-1, src.shape[1])
 
 
-_MAX_BLOCK = 8
+_MAX_BLOCK = 8                   # most generations whose children are made and predicted together
 
 
 class _Problem:
@@ -464,56 +464,6 @@ class _Problem:
             return False
         self._index, self._n, self.epoch = {}, 0, self.epoch + 1
         return True
-
-    def _predict_rows(self, enc: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        if self._pred_codes is not None:
-            return self._pred_codes(codes, enc[:, -1])
-        return self.predictor.predict(canonicalize_encoded(self.spec, enc))
-
-    def lookup_gens(self, enc: np.ndarray, codes: np.ndarray, n_gens: int,
-                    changes: Callable[[int, np.ndarray, np.ndarray], bool]
-                    ) -> tuple[np.ndarray, np.ndarray, int, bool]:
-        """`lookup` for the children of `n_gens` generations (equal numbers of rows, in generation order), with an
-        early stop: configs not cached yet are predicted one generation at a time, and after generation i
-        `changes(i, its ids, its accuracies)` (ids -1 for configs first seen in this call) may stop it. The later
-        generations are then dropped: neither predicted nor cached.
-
-        -> (ids, accuracies) of the rows of the kept generations, how many were kept, whether `changes` fired."""
-        n = len(enc) // n_gens
-        keys = self.keys(enc, codes)
-        index = self._index
-        ids = np.fromiter(map(index.get, keys, repeat(-1)), dtype=np.intp, count=len(keys))
-        acc = self._acc[ids]                                  # junk where ids == -1: filled below
-        miss = np.flatnonzero(ids < 0)
-        m_keys = [keys[i] for i in miss.tolist()]
-        first = dict(zip(m_keys[::-1], miss[::-1].tolist()))     # each new config -> its first row
-        src = np.fromiter(map(first.__getitem__, m_keys), dtype=np.intp, count=len(m_keys))
-        new = np.sort(np.fromiter(first.values(), dtype=np.intp, count=len(first)))
-        cuts = np.arange(n_gens + 1) * n
-        new_at, miss_at = np.searchsorted(new, cuts).tolist(), np.searchsorted(miss, cuts).tolist()
-        n_enc, n_codes = enc[new], codes[new]
-        kept, changed = n_gens, False
-        for i in range(n_gens):
-            a, b = new_at[i], new_at[i + 1]
-            if b > a:
-                acc[new[a:b]] = self._predict_rows(n_enc[a:b], n_codes[a:b])
-            a, b = miss_at[i], miss_at[i + 1]
-            if b > a:
-                acc[miss[a:b]] = acc[src[a:b]]               # repeats of a config first seen earlier
-            if changes(i, ids[i * n:(i + 1) * n], acc[i * n:(i + 1) * n]):
-                kept, changed = i + 1, True
-                break
-        m = new_at[kept]
-        if m:                                                 # cache what was predicted
-            base = self._n
-            if base + m > len(self._acc):
-                self._acc = np.concatenate([self._acc, np.empty(max(base + m, 2 * len(self._acc)) - len(self._acc))])
-            self._acc[base:base + m] = acc[new[:m]]
-            self._n = base + m
-            index.update(zip([keys[i] for i in new[:m].tolist()], range(base, base + m)))
-            k = miss_at[kept]
-            ids[miss[:k]] = list(map(index.__getitem__, m_keys[:k]))
-        return ids[:kept * n], acc[:kept * n], kept, changed
 
     @property
     def n_ids(self) -> int:
@@ -800,23 +750,23 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
         k_codes = np.concatenate(k_cod) if len(k_cod) > 1 else k_cod[0]
         k_met = {k: np.concatenate([m[k] for m in k_met]) for k in p_met} if len(k_met) > 1 else k_met[0]
         n_kids = len(kids) // L                                   # n_mut + n_cross per generation
-        if problem.make_room(len(kids)) or problem.epoch != epoch:     # the cache was reset: new parent ids
-            p_ids = problem.lookup(p_enc)[0]
-        t0_fit, k_obj = p_fit[-1], (None if problem.objective == "accuracy" else -k_met[problem.objective])
-        is_par = None
+        if problem.make_room(len(p_enc) + len(kids)) or problem.epoch != epoch:   # the cache is reset: parents
+            both, k_acc = problem.lookup(np.concatenate([p_enc, kids]))             # and children get new ids
+            p_ids, k_ids, k_acc = both[:len(p_enc)], both[len(p_enc):], k_acc[len(p_enc):]
+        else:
+            k_ids, k_acc = problem.lookup(kids, k_codes)          # one (cached) predictor call for all new children
+        # the generations kept: up to the first whose children change the parents, which they only do by beating
+        # the last parent (ties rank after the parents, as the sort is stable; a copy of a parent is dropped by the
+        # dedup); the predictions made for the generations after it stay cached
+        k_fit = k_acc if problem.objective == "accuracy" else -k_met[problem.objective]
+        beats = k_fit > p_fit[-1]
         if dedup_parents:
-            is_par = np.zeros(problem.n_ids + 1, dtype=bool)     # the extra last entry: id -1, a new config
+            is_par = np.zeros(problem.n_ids, dtype=bool)
             is_par[p_ids] = True
-
-        def changes(i: int, i_ids: np.ndarray, i_acc: np.ndarray) -> bool:
-            """Do generation i's children change the parents? Only by beating the last one: ties rank after the
-            parents (stable sort), and a copy of a parent is dropped by the dedup."""
-            beats = (i_acc if k_obj is None else k_obj[i * n_kids:(i + 1) * n_kids]) > t0_fit
-            if is_par is not None:
-                beats &= ~is_par[i_ids]
-            return bool(beats.any())
-
-        k_ids, k_acc, keep, changed = problem.lookup_gens(kids, k_codes, L, changes)
+            beats &= ~is_par[k_ids]
+        changes = beats.reshape(L, n_kids).any(axis=1)
+        changed = bool(changes.any())
+        keep = int(changes.argmax()) + 1 if changed else L
         block = max(1, block // 2) if changed or L < made else min(_MAX_BLOCK, 2 * block)  # less waste, or more at once
         for i in range(keep):                # bookkeeping of the kept generations, in order
             history.append(float(p_fit[0]))

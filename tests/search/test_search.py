@@ -139,6 +139,10 @@ def test_child_plan_children(setup):
         assert ((cross == a) & (cross != b)).any() and ((cross == b) & (cross != a)).any()
     assert abs(np.mean(changed_blocks) - 0.1) < 0.01
     assert 0.4 < plan.mask[:, :400, -1].mean() < 0.6                     # resolution: p_res = 0.5
+    many = plan.children(par, 0, 3)                                         # several generations at once
+    np.testing.assert_array_equal(many, np.concatenate([plan.children(par, g) for g in range(3)]))
+    np.testing.assert_array_equal(plan.children(par[:3], 1, 3), np.concatenate([plan.children(par[:3], g)
+                                                                                for g in (1, 2)]))
     few = plan.children(par[:3], 0)
     validate_encoded(spec, few)
     assert (few[400:, None, :] == par[None, :3, :]).any(axis=1).all()     # every gene from one of the 3 parents
@@ -154,6 +158,27 @@ def test_cache_reset_changes_nothing(setup, monkeypatch):
     b = evolutionary_search(spec, pred, eff, {"latency_ms": 22}, generations=40, seed=7)
     np.testing.assert_array_equal(a.enc, b.enc)
     assert a.history == b.history
+
+
+@pytest.mark.parametrize("cons, kw", [({"latency_ms": 25}, {"seed": 1}), ({"latency_ms": 14}, {"seed": 2}),
+                                      ({"latency_ms": 30, "min_accuracy": 0.8}, {"seed": 3}),
+                                      ({"latency_ms": 22}, {"seed": 4, "dedup_parents": False}),
+                                      ({"latency_ms": 22}, {"seed": 5, "mutation_ratio": 1.0}),
+                                      ({"params": 2.2e6}, {"seed": 6})])
+def test_generations_together_change_nothing(setup, monkeypatch, cons, kw):
+    """Making and predicting the children of several generations together (while the parents stay the same) gives
+    the search of one generation at a time: the same answer and the same best fitness after every generation."""
+    from ofa_core import search
+    spec, eff, pred = setup
+    seen = []
+    a = evolutionary_search(spec, pred, eff, cons, generations=120, progress=lambda *x: seen.append(x), **kw)
+    monkeypatch.setattr(search, "_MAX_BLOCK", 1)
+    seen1 = []
+    b = evolutionary_search(spec, pred, eff, cons, generations=120, progress=lambda *x: seen1.append(x), **kw)
+    np.testing.assert_array_equal(a.enc, b.enc)
+    np.testing.assert_allclose(a.history, b.history, rtol=0, atol=1e-6)
+    assert len(a.history) == 120 and [s[0] for s in seen] == list(range(120)) == [s[0] for s in seen1]
+    np.testing.assert_allclose(np.array(seen)[:, 1:], np.array(seen1)[:, 1:], rtol=1e-6)
 
 
 def test_all_mutants_or_all_crossovers(setup):
