@@ -4,7 +4,9 @@ The population is an int32 array of encoded configs (`spec.py` layout). Mutation
 efficiency (latency table gathers, cost callables) and predicted accuracy are computed per batch. Constraints are
 enforced by batched rejection sampling with a bounded number of attempts, so an infeasible request can never loop:
 impossible budgets are detected up front (`InfeasibleError` with the smallest achievable value of each violated
-constraint) and a generation that cannot fill its quota falls back to copies of feasible parents.
+constraint) and a generation that cannot fill its quota falls back to copies of feasible parents. While the parents
+stay the same (most late generations), the children of several generations are made and predicted in one batch and
+kept up to the first generation that changes the parents, which gives the same search as one generation at a time.
 """
 from __future__ import annotations
 
