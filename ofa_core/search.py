@@ -438,8 +438,7 @@ class _Problem:
             codes = self.codes(enc)
         if keys is None:
             keys = self.keys(enc, codes)
-        if len(self._index) + len(keys) > self.max_cache:
-            self._index, self._n, self.epoch = {}, 0, self.epoch + 1
+        self.make_room(len(keys))
         index = self._index
         ids = np.fromiter(map(index.get, keys, repeat(-1)), dtype=np.intp, count=len(keys))
         miss = np.flatnonzero(ids < 0).tolist()
@@ -697,9 +696,9 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
         # Children: mutants + crossovers from the plan, rejection-sampled against the limits (the plan is sized by
         # the share that was feasible lately). The parents stay the same from one generation to the next unless a
         # child beats the last of them (late in a search, in >90% of generations), and the plan does not depend on
-        # the parents, so the children of up to `block` generations are made, checked and looked up together, then
-        # predicted generation by generation until one changes the parents; the later ones are dropped unpredicted
-        # and redone from the new parents. The result is that of one generation at a time.
+        # the parents, so the children of up to `block` generations are made, checked and predicted together; the
+        # generations after the first one that changes the parents are dropped (their predictions stay cached) and
+        # redone from the new parents. The result is that of one generation at a time.
         if plan is None or gen - plan_start >= plan_gens:
             ks_ = [min(n * oversample, max(n, math.ceil((n + 2 * math.sqrt(n)) / max(r_, 1e-3))))
                    for n, r_ in ((n_mut, rate[0]), (n_cross, rate[1]))]
