@@ -1,4 +1,4 @@
-"""Benchmark: vectorized search vs a faithful per-candidate reference of the published evolution finder.
+"""Benchmark: vectorized search vs per-candidate references of the published evolution finder (see below).
 
     nice -n 10 .venv/bin/python bench/bench_search.py                      # everything, published defaults
     nice -n 10 .venv/bin/python bench/bench_search.py --quick              # few generations, small checks
