@@ -1,16 +1,48 @@
-"""BN recalibration (reference §1): after choosing a sub-network, reset the BN running statistics by
-forwarding training images in train mode and averaging per-batch means and variances."""
+"""BN recalibration (reference §1) with the published ``set_running_statistics`` semantics.
+
+After a sub-network is chosen, every BN layer it uses gets new running statistics: the mean and the *biased*
+variance of its input over the calibration images, computed per batch and averaged over batches weighted by
+batch size. While calibrating, each BN normalises with the batch's own statistics (as in training) and the
+network is otherwise in eval mode (no dropout). BN layers the sub-network does not run (blocks skipped by depth)
+and channels it does not use (beyond the active expand ratio) keep their values; ``num_batches_tracked`` is not
+changed.
+
+`subnet_bn_stats` returns a sub-network's statistics compactly (active channels only, keyed like the extracted
+static network: kilobytes), `apply_bn_stats` puts them into an extracted network or its state dict, and
+`bn_stats_to_bytes` / `bn_stats_from_bytes` store them as safetensors (no pickle).
+"""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+from collections import OrderedDict
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from .mbv3 import DynamicBatchNorm2d
+
+__all__ = ["recalibrate_bn", "preserved_bn_stats", "subnet_bn_stats", "apply_bn_stats", "bn_stats_to_bytes",
+           "bn_stats_from_bytes", "BN_STAT_KEYS"]
+
+BN_STAT_KEYS = ("running_mean", "running_var")
 
 
 def _bns(net: nn.Module) -> list[nn.BatchNorm2d]:
     return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _bn_units(net: nn.Module) -> list[tuple[nn.Module, nn.modules.batchnorm._BatchNorm]]:
+    """(module whose forward is the BN step, the BN holding the statistics): a `DynamicBatchNorm2d` slices its
+    inner BN, so it is patched as a whole; any other BN is patched itself."""
+    units, inner = [], set()
+    for m in net.modules():
+        if isinstance(m, DynamicBatchNorm2d):
+            units.append((m, m.bn))
+            inner.add(id(m.bn))
+    units += [(m, m) for m in _bns(net) if id(m) not in inner]
+    return units
 
 
 @contextlib.contextmanager
@@ -29,18 +61,52 @@ def preserved_bn_stats(net: nn.Module):
             bn.momentum = mom
 
 
+class _Accumulator:
+    """Batch-size-weighted sums of one BN's per-batch mean and biased variance (float64)."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
+        self.bn, self.count, self.channels = bn, 0, None
+        self.mean_sum = self.var_sum = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn, c, n = self.bn, x.size(1), x.size(0)
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.mean(dims)
+        var = (x - mean.view(1, -1, *([1] * (x.dim() - 2)))).pow(2).mean(dims)   # biased, as published
+        if self.channels is None:
+            self.channels = c
+            self.mean_sum = torch.zeros(c, dtype=torch.float64, device=x.device)
+            self.var_sum = torch.zeros(c, dtype=torch.float64, device=x.device)
+        elif c != self.channels:
+            raise RuntimeError(f"a BN layer saw {c} channels after {self.channels}: the active sub-network changed "
+                               "during recalibration")
+        self.mean_sum += mean.double() * n
+        self.var_sum += var.double() * n
+        self.count += n
+        w = bn.weight[:c] if bn.weight is not None else None
+        b = bn.bias[:c] if bn.bias is not None else None
+        return F.batch_norm(x, mean, var, w, b, False, 0.0, bn.eps)
+
+    @torch.no_grad()
+    def store(self) -> None:
+        if self.count == 0:
+            return
+        c, bn = self.channels, self.bn
+        bn.running_mean[:c] = (self.mean_sum / self.count).to(bn.running_mean.dtype)
+        bn.running_var[:c] = (self.var_sum / self.count).to(bn.running_var.dtype)
+
+
 @torch.no_grad()
 def recalibrate_bn(net: nn.Module, batches: Iterable[torch.Tensor | tuple], max_images: int | None = None) -> int:
-    """Reset BN statistics and re-estimate them as the average of per-batch statistics over `batches`
-    (momentum=None gives exactly that cumulative average; dynamic BN slices update in place).
+    """Set the running statistics of every BN the active sub-network runs to the batch-size-weighted average of
+    its per-batch mean and biased variance over `batches` (images, or (images, labels) tuples; at most
+    `max_images` images). Other BN layers and channels are left as they are; ``num_batches_tracked`` too.
     Returns the number of images used. The net is left in eval mode."""
-    bns = _bns(net)
-    moms = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    was_training = net.training
-    net.train()
+    units = _bn_units(net)
+    accs = [_Accumulator(bn) for _, bn in units]
+    for (m, _), acc in zip(units, accs):
+        m.forward = acc.forward            # instance attribute: shadows the class's forward until deleted
+    net.eval()
     seen = 0
     try:
         for b in batches:
@@ -49,13 +115,64 @@ def recalibrate_bn(net: nn.Module, batches: Iterable[torch.Tensor | tuple], max_
                 break
             if max_images is not None:
                 x = x[:max_images - seen]
+            if x.shape[0] == 0:
+                continue
             net(x)
             seen += x.shape[0]
     finally:
-        for bn, m in zip(bns, moms):
-            bn.momentum = m
-        net.train(was_training)
-    net.eval()
+        for m, _ in units:
+            del m.forward
     if seen == 0:
         raise ValueError("BN recalibration needs at least one batch")
+    for acc in accs:
+        acc.store()
     return seen
+
+
+def subnet_bn_stats(supernet: nn.Module, cfg, batches: Iterable, max_images: int | None = None
+                    ) -> tuple["OrderedDict[str, torch.Tensor]", int]:
+    """(statistics, images used) of sub-network `cfg` recalibrated on `batches`: only the running mean and
+    variance of the BN layers the extracted network has, active channels only, keyed like the extracted static
+    network (``blocks.3.conv.depth_conv.bn.running_var``). The supernet's own statistics are left untouched."""
+    from .extract import extract_state_dict
+    supernet.set_active(cfg)
+    with preserved_bn_stats(supernet):
+        n = recalibrate_bn(supernet, batches, max_images)
+        sd = extract_state_dict(supernet, cfg, clone=True)
+    return OrderedDict((k, v) for k, v in sd.items() if k.rsplit(".", 1)[-1] in BN_STAT_KEYS), n
+
+
+def _check(stats: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> None:
+    want = {k for k in target if k.rsplit(".", 1)[-1] in BN_STAT_KEYS}
+    missing, unexpected = sorted(want - set(stats)), sorted(set(stats) - want)
+    if missing or unexpected:
+        raise KeyError(f"BN statistics do not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    bad = [k for k in want if tuple(stats[k].shape) != tuple(target[k].shape)]
+    if bad:
+        raise ValueError(f"BN statistics have the wrong shape for {bad[:3]}")
+
+
+@torch.no_grad()
+def apply_bn_stats(target: nn.Module | Mapping[str, torch.Tensor], stats: Mapping[str, torch.Tensor]):
+    """Put `stats` (from `subnet_bn_stats`) into an extracted network (in place; returned) or into its state dict
+    (a new ordered dict, same order, the other tensors shared). Every BN statistic must be covered exactly."""
+    if isinstance(target, nn.Module):
+        own = dict(target.named_buffers())
+        _check(stats, own)
+        for k, v in stats.items():
+            own[k].copy_(v)
+        return target
+    _check(stats, target)
+    return OrderedDict((k, stats[k].to(v.dtype).contiguous() if k in stats else v) for k, v in target.items())
+
+
+def bn_stats_to_bytes(stats: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    from safetensors.torch import save
+    return save({k: v.detach().cpu().contiguous() for k, v in stats.items()},
+                metadata={str(k): str(v) for k, v in (metadata or {}).items()} or None)
+
+
+def bn_stats_from_bytes(data: bytes) -> "OrderedDict[str, torch.Tensor]":
+    from safetensors.torch import load
+    t = load(bytes(data))
+    return OrderedDict((k, t[k]) for k in sorted(t))
