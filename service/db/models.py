@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text,
+from sqlalchemy import (JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
                         UniqueConstraint, text)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -104,7 +104,10 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_token: Mapped[str | None] = mapped_column(String(36))
+    # running: the worker's last heartbeat (its lease); queued: when the task was last published. The sweeper
+    # (workers/sweeper.py) re-publishes jobs whose timestamp is older than the lease.
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column()
+    owner_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     subnet_id: Mapped[str | None] = mapped_column(ForeignKey("subnets.id", ondelete="SET NULL"))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -150,3 +153,27 @@ class ApiKey(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class SubnetCalibration(Base):
+    """BN statistics of one sub-network recalibrated on one calibration set for one supernet version (active
+    channels only, as safetensors bytes: kilobytes), and its measured accuracy on the evaluation set. Written
+    once by a worker; downloads read it. status: pending | ready | failed."""
+    __tablename__ = "subnet_calibrations"
+    __table_args__ = (UniqueConstraint("subnet_id", "supernet_version", "calib_key", name="uq_subnet_calibrations_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subnet_id: Mapped[str] = mapped_column(ForeignKey("subnets.id", ondelete="CASCADE"), index=True)
+    supernet_version: Mapped[str] = mapped_column(String(64))
+    calib_key: Mapped[str] = mapped_column(String(64))          # sha256 of the calibration set + recipe
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    stats: Mapped[bytes | None] = mapped_column(LargeBinary)
+    n_images: Mapped[int | None] = mapped_column(Integer)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    eval_key: Mapped[str | None] = mapped_column(String(64))    # sha256 of the evaluation set + protocol
+    measured_accuracy: Mapped[float | None] = mapped_column(Float)
+    eval_images: Mapped[int | None] = mapped_column(Integer)
+    eval_seconds: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -10,7 +10,8 @@ from sqlalchemy import create_engine, inspect
 
 from ofa_service_testlib import PG_HOST, PG_USER, ROOT, RUN
 
-TABLES = {"supernets", "devices", "latency_tables", "latency_entries", "jobs", "subnets", "pareto_fronts", "api_keys"}
+TABLES = {"supernets", "devices", "latency_tables", "latency_entries", "jobs", "subnets", "pareto_fronts", "api_keys",
+          "subnet_calibrations"}
 
 
 def _roundtrip(url: str) -> None:
