@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from .mbv3 import DynamicBatchNorm2d
 
-__all__ = ["recalibrate_bn", "preserved_bn_stats", "subnet_bn_stats", "apply_bn_stats", "bn_stats_to_bytes",
-           "bn_stats_from_bytes", "BN_STAT_KEYS"]
+__all__ = ["recalibrate_bn", "preserved_bn_stats", "subnet_bn_stats", "bn_stats_of", "apply_bn_stats",
+           "bn_stats_to_bytes", "bn_stats_from_bytes", "BN_STAT_KEYS"]
 
 BN_STAT_KEYS = ("running_mean", "running_var")
 
@@ -140,6 +140,14 @@ def subnet_bn_stats(supernet: nn.Module, cfg, batches: Iterable, max_images: int
         n = recalibrate_bn(supernet, batches, max_images)
         sd = extract_state_dict(supernet, cfg, clone=True)
     return OrderedDict((k, v) for k, v in sd.items() if k.rsplit(".", 1)[-1] in BN_STAT_KEYS), n
+
+
+def bn_stats_of(net: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """The running mean and variance of every BN of a (static, extracted) network, cloned, in state-dict order:
+    after `recalibrate_bn(extract(supernet, cfg), batches)` these are `subnet_bn_stats(supernet, cfg, batches)`
+    (up to float rounding), computed without touching the shared supernet."""
+    return OrderedDict((k, v.detach().clone()) for k, v in net.state_dict().items()
+                       if k.rsplit(".", 1)[-1] in BN_STAT_KEYS)
 
 
 def _check(stats: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> None:

@@ -168,3 +168,20 @@ def test_max_images_and_bad_inputs(net):
         apply_bn_stats(extract_state_dict(net, other), stats)
     with pytest.raises(KeyError):
         apply_bn_stats(extract(net, cfg), {k: v for k, v in list(stats.items())[1:]})
+
+
+def test_static_route_equals_supernet_route(net):
+    """Recalibrating the extracted network (what the service does: the shared supernet is never modified) gives
+    the statistics of recalibrating the supernet in place."""
+    from ofa_core.bn import bn_stats_of
+    cfg = _cfg(32)
+    batches = _batches(cfg.r, (6, 4), seed=4)
+    want, _ = subnet_bn_stats(net, cfg, batches)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    static = extract(net, cfg)
+    recalibrate_bn(static, batches)
+    got = bn_stats_of(static)
+    assert list(got) == list(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
