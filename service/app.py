@@ -65,12 +65,15 @@ def create_app(settings: Settings | None = None, store: SupernetStore | None = N
         yield
         app.state.db.dispose()
 
-    app = FastAPI(title="OFA specialization service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="OFA specialization service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)   # served from shipped assets by install_docs
     app.state.settings = settings
     app.state.db = Database(settings.database_url)
     app.state.store = store or SupernetStore(settings)
     from workers.celery_app import make_celery
     app.state.celery = make_celery(settings)
+    from service.ratelimit import RateLimiter
+    app.state.rate_limiter = RateLimiter(settings)
     install_error_handlers(app)
 
     app.add_middleware(ObserveMiddleware)
@@ -80,8 +83,12 @@ def create_app(settings: Settings | None = None, store: SupernetStore | None = N
     from service.jobs.endpoints import router as jobs
     from service.subnets.endpoints import router as subnets
     from service.supernets.endpoints import router as supernets
+    from service.openapi import install_docs
+    from service.web import install_web
     for r in (health, jobs, devices, subnets, supernets):
         app.include_router(r)
+    install_docs(app)
+    install_web(app)
     return app
 
 

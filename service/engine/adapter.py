@@ -14,12 +14,15 @@ import numpy as np
 
 from ofa_core.checkpoint import load_supernet_weights
 from ofa_core.costs import CostModel
-from ofa_core.export import export_onnx_bytes, export_pt_bytes, export_safetensors, export_torchscript_bytes
-from ofa_core.extract import net_config
+from ofa_core.bn import apply_bn_stats
+from ofa_core.export import (SafetensorsStream, export_onnx_bytes, export_pt_bytes, export_safetensors,
+                             export_torchscript_bytes, subnet_metadata)
+from ofa_core.extract import extract, extract_state_dict, net_config
 from ofa_core.mbv3 import build_supernet
 from ofa_core.predictor import AccuracyPredictor
 from ofa_core.search import METRICS, Constraints, Efficiency, SearchResult, evolutionary_search, pareto_search
 from ofa_core.spec import SubnetConfig, SupernetSpec
+from .calibration import ServedBN, uncalibrated_metadata
 from .tables import Table, latency_table
 
 EXTENSIONS = {"safetensors": "safetensors", "pt": "pt", "torchscript": "torchscript.pt", "onnx": "onnx"}
@@ -92,6 +95,8 @@ class _LRU:
 
 
 class SupernetEngine:
+    image_sets = None     # service.engine.calibration.ImageSets, set by the store (BN calibration / evaluation)
+
     def __init__(self, spec: SupernetSpec, weights_path: str | None, predictor_path: str | None):
         self.spec, self.weights_path, self.predictor_path = spec, weights_path, predictor_path
         self.supernet = None
@@ -136,6 +141,13 @@ class SupernetEngine:
         """Smallest achievable value of every metric over the table's resolutions."""
         return {m: eff.minimum(m, eff.latency_table.resolutions)[0] for m in METRICS}
 
+    def maxima(self, eff: Efficiency) -> dict[str, float]:
+        """Every metric of the largest sub-network, the largest over the table's resolutions (the top of the range
+        that relative budgets such as `fraction_of_range` refer to)."""
+        res = eff.latency_table.resolutions
+        m = eff.evaluate(np.stack([self.spec.max_config(r).encode() for r in res]))
+        return {k: float(np.max(m[k])) for k in METRICS}
+
     def predicted_accuracy(self, cfg: SubnetConfig) -> float | None:
         return None if self.predictor is None else float(self.predictor.predict(cfg.encode()[None])[0])
 
@@ -174,11 +186,25 @@ class SupernetEngine:
     def net_config(self, cfg: SubnetConfig) -> dict[str, Any]:
         return net_config(self.spec, cfg)
 
-    def artifact(self, subnet_id: str, cfg: SubnetConfig, fmt: str) -> Artifact:
-        return self._artifacts.get((subnet_id, fmt, self.version), lambda: self._build_artifact(cfg, fmt))
+    def artifact(self, subnet_id: str, cfg: SubnetConfig, fmt: str, bn: ServedBN | None = None) -> Artifact:
+        """The download in format `fmt`: with `bn`, the recalibrated BN statistics replace the supernet's sliced
+        ones (in every format, hence in the sha256 / ETag); the metadata says which it is."""
+        return self._artifacts.get((subnet_id, fmt, self.version, bn.key if bn else None),
+                                   lambda: self._build_artifact(cfg, fmt, bn))
 
-    def _build_artifact(self, cfg: SubnetConfig, fmt: str) -> Artifact:
+    def _build_artifact(self, cfg: SubnetConfig, fmt: str, bn: ServedBN | None = None) -> Artifact:
+        meta = {"supernet_version": self.version, **(bn.metadata if bn else uncalibrated_metadata())}
         if fmt == "safetensors":   # streamed tensor by tensor; the file is never held whole
-            stream = export_safetensors(self.supernet, cfg, {"supernet_version": self.version})
+            if bn is None:
+                stream = export_safetensors(self.supernet, cfg, meta)
+            else:
+                sd = apply_bn_stats(extract_state_dict(self.supernet, cfg), bn.stats)
+                stream = SafetensorsStream(sd, subnet_metadata(self.spec, cfg, meta))
             return Artifact(int(stream.total_size), stream.sha256, EXTENSIONS[fmt], stream.iter_bytes)
-        return _bytes_artifact(_EXPORT_BYTES[fmt](self.supernet, cfg), EXTENSIONS[fmt])
+        if fmt == "pt":
+            sd = None if bn is None else apply_bn_stats(extract_state_dict(self.supernet, cfg), bn.stats)
+            return _bytes_artifact(export_pt_bytes(self.supernet, cfg, sd, {"metadata": meta}), EXTENSIONS[fmt])
+        if bn is None:
+            return _bytes_artifact(_EXPORT_BYTES[fmt](self.supernet, cfg), EXTENSIONS[fmt])
+        net = apply_bn_stats(extract(self.supernet, cfg), bn.stats)
+        return _bytes_artifact(_EXPORT_BYTES[fmt](net, cfg), EXTENSIONS[fmt])

@@ -3,17 +3,20 @@ from __future__ import annotations
 import asyncio
 import json
 
-from fastapi import APIRouter, Request
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from service.auth.service import CallerDep, KeyedCallerDep
 from service.db.session import SessionDep
 from service.deps import CeleryDep, SettingsDep, StoreDep
 from service.errors import JobNotFound
 from service.metrics import JOBS_CREATED, SPECIALIZE_ANSWERS
 from service.openapi import errors
 from . import service
-from .schemas import JobOut, SpecializeRequest
+from .schemas import JobOut, JobPage, SpecializeRequest
 
 router = APIRouter(tags=["jobs"])
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -22,17 +25,24 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 @router.post("/specialize", response_model=JobOut, status_code=202, summary="Specialize a sub-network for a device",
              responses={200: {"model": JobOut, "description": "answered at once (cache or Pareto front)"},
                         202: {"model": JobOut, "description": "queued; follow Location"},
-                        **errors(404, 422, 503, e422={
+                        **errors(401, 404, 422, 429, 503, e422={
                             "code": "infeasible_constraints", "violated": ["accuracy_floor"], "best_accuracy": 0.7628,
                             "message": "no sub-network within the constraints reaches accuracy_floor 0.9; best "
                                        "achievable predicted accuracy: 0.7628",
                             "minima": {"latency_ms": 0.633, "macs": 4100000, "params": 360000,
                                        "peak_memory_bytes": 98304}})})
-def specialize(body: SpecializeRequest, s: SessionDep, store: StoreDep, settings: SettingsDep, celery: CeleryDep):
+def specialize(body: SpecializeRequest, request: Request, s: SessionDep, store: StoreDep, settings: SettingsDep,
+               celery: CeleryDep, caller: CallerDep):
     """The most accurate sub-network within the constraints on a device or, with `accuracy_floor`, the fastest one
     whose predicted accuracy reaches the floor. 422 states the smallest achievable value of every metric (or the
-    best achievable accuracy for an unreachable floor)."""
-    job, answered = service.specialize(s, store, settings, celery, body)
+    best achievable accuracy for an unreachable floor).
+
+    Compute policy (`OFA_SEARCH_AUTH`): by default anonymous callers may search with the default options only
+    (401 otherwise); `all` needs a key for every search. At most `OFA_RATE_LIMIT_SEARCHES` requests per
+    `OFA_RATE_LIMIT_WINDOW_S` per key, or per client address without one (429 with Retry-After)."""
+    service.check_search_policy(settings, body, caller.key_id is not None)
+    request.app.state.rate_limiter.hit(caller.identity)
+    job, answered = service.specialize(s, store, settings, celery, body, owner_key_id=caller.key_id)
     out = service.job_out(job)
     if answered:
         SPECIALIZE_ANSWERS.labels(job.source if job.source == "pareto" else "cache").inc()
@@ -42,6 +52,15 @@ def specialize(body: SpecializeRequest, s: SessionDep, store: StoreDep, settings
     return JSONResponse(out.model_dump(mode="json"), status_code=202, headers={"Location": f"/jobs/{job.id}"})
 
 
+@router.get("/jobs", response_model=JobPage, summary="List jobs", responses=errors(404, 422))
+def list_jobs(s: SessionDep, limit: int = Query(20, ge=1, le=200), offset: int = Query(0, ge=0),
+              status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+              device: str | None = Query(None, description="only this device's jobs")):
+    """Jobs, newest first; filtered by status and device; paginated."""
+    items, total = service.list_jobs(s, offset, limit, status, device)
+    return JobPage(items=[service.job_out(j) for j in items], total=total, limit=limit, offset=offset)
+
+
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="Get a job", responses=errors(404))
 def get_job(job_id: str, s: SessionDep):
     """Status, progress, the best so far while running, and the result or the error."""
@@ -49,10 +68,13 @@ def get_job(job_id: str, s: SessionDep):
 
 
 @router.delete("/jobs/{job_id}", response_model=JobOut, status_code=202, summary="Cancel a job",
-               responses={200: {"model": JobOut, "description": "already finished or cancelled"}, **errors(404)})
-def cancel_job(job_id: str, s: SessionDep):
-    """Cancel: a queued job at once, a running one at the next generation. Finished jobs are left as they are."""
-    job = service.cancel(s, job_id)
+               responses={200: {"model": JobOut, "description": "already finished or cancelled"},
+                          **errors(401, 403, 404)})
+def cancel_job(job_id: str, s: SessionDep, settings: SettingsDep, caller: KeyedCallerDep):
+    """Cancel (API key required; only the key that created the job, any key for a job created without one): a
+    queued job, or one whose worker died, at once; a running one at its next generation. Finished jobs are left
+    as they are."""
+    job = service.cancel(s, settings, job_id, caller.key_id)
     return JSONResponse(service.job_out(job).model_dump(mode="json"),
                         status_code=200 if job.status in TERMINAL else 202)
 

@@ -1,20 +1,91 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class RelativeBudget(BaseModel):
+    """A budget relative to what the device's table allows, so that one request fits any host: exactly one of
+    `times_min` (the smallest achievable value times this factor) or `fraction_of_range` (the smallest value
+    plus this fraction of the span up to the largest sub-network's value)."""
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"times_min": 1.5},
+                                                                              {"fraction_of_range": 0.3}]})
+    times_min: float | None = Field(None, ge=1, le=1000, description="budget = factor x smallest achievable")
+    fraction_of_range: float | None = Field(None, ge=0, le=1,
+                                            description="budget = min + fraction x (max - min)")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.times_min is None) == (self.fraction_of_range is None):
+            raise ValueError("give exactly one of times_min, fraction_of_range")
+        return self
+
+    def resolve(self, lo: float, hi: float) -> float:
+        if self.times_min is not None:
+            return lo * self.times_min
+        return lo + self.fraction_of_range * (hi - lo)
 
 
 class Constraints(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    latency_ms: float | None = Field(None, gt=0, description="predicted latency budget on the device (ms)")
-    macs: int | None = Field(None, gt=0)
-    params: int | None = Field(None, gt=0)
-    peak_memory_bytes: int | None = Field(None, gt=0)
+    latency_ms: Annotated[float, Field(gt=0)] | RelativeBudget | None = Field(
+        None, description="predicted latency budget on the device: ms, or relative {\"times_min\": 1.5} / "
+                          "{\"fraction_of_range\": 0.3}")
+    macs: Annotated[int, Field(gt=0)] | RelativeBudget | None = None
+    params: Annotated[int, Field(gt=0)] | RelativeBudget | None = None
+    peak_memory_bytes: Annotated[int, Field(gt=0)] | RelativeBudget | None = None
 
-    def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+    @field_validator("latency_ms", "macs", "params", "peak_memory_bytes", mode="before")
+    @classmethod
+    def _budget(cls, v: Any, info) -> Any:
+        """One clear message per field (not one per member of the union): a positive number, or a relative
+        budget object."""
+        if v is None or isinstance(v, RelativeBudget):
+            return v
+        if isinstance(v, dict):
+            try:
+                return RelativeBudget.model_validate(v)
+            except ValidationError as e:
+                err = e.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                raise ValueError(f"{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}") from None
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                raise ValueError('Input should be a valid number, or {"times_min": x} / {"fraction_of_range": f}'
+                                 ) from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError('Input should be a valid number, or {"times_min": x} / {"fraction_of_range": f}')
+        if not v > 0:
+            raise ValueError("Input should be greater than 0")
+        if info.field_name != "latency_ms":
+            if float(v) != int(v):
+                raise ValueError("Input should be a whole number")
+            v = int(v)
+        return v
+
+    def as_dict(self) -> dict[str, Any]:
+        """Given constraints: numbers, or RelativeBudget for relative ones (resolved by `absolute`)."""
+        return {k: getattr(self, k) for k in type(self).model_fields if getattr(self, k) is not None}
+
+    def relative(self) -> dict[str, dict[str, float]]:
+        return {k: v.model_dump(exclude_none=True) for k, v in self.as_dict().items() if isinstance(v, RelativeBudget)}
+
+    def absolute(self, minima: dict[str, float], maxima) -> dict[str, float]:
+        """Every constraint as a number; `maxima()` (largest sub-network's metrics) is called only if needed."""
+        out, hi = {}, None
+        for k, v in self.as_dict().items():
+            if isinstance(v, RelativeBudget):
+                if hi is None and v.fraction_of_range is not None:
+                    hi = maxima()
+                value = v.resolve(float(minima[k]), float(hi[k]) if hi else float(minima[k]))
+                out[k] = float(value) if k == "latency_ms" else max(int(value), int(minima[k]))
+            else:
+                out[k] = v
+        return out
 
 
 class SearchOptions(BaseModel):
@@ -26,12 +97,15 @@ class SearchOptions(BaseModel):
 
 class SpecializeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"device": "host-cpu", "constraints": {"latency_ms": {"times_min": 1.5}}, "options": {"seed": 0}},
         {"device": "host-cpu", "constraints": {"latency_ms": 5.0}, "accuracy_floor": 0.5,
          "options": {"population": 100, "generations": 100, "seed": 0}},
         {"supernet": "ofa_mbv3_d234_e346_k357_w1.2", "device": "note10", "constraints": {"latency_ms": 25}}]})
-    supernet: str | None = Field(None, description="registered supernet; default: the service's default")
+    supernet: str | None = Field(None, description="registered supernet; default: the device's supernet")
     device: str = Field(min_length=1, max_length=128)
-    constraints: Constraints = Field(description="at least one of latency_ms, macs, params, peak_memory_bytes")
+    constraints: Constraints = Field(description="at least one of latency_ms, macs, params, peak_memory_bytes; each "
+                                                 "absolute or relative to the device ({\"times_min\": 1.5} or "
+                                                 "{\"fraction_of_range\": 0.3})")
     accuracy_floor: float | None = Field(None, ge=0, le=1)
     options: SearchOptions = Field(default_factory=SearchOptions)
     use_pareto: bool = Field(True, description="allow an answer from the device's stored Pareto front")
@@ -72,3 +146,12 @@ class JobOut(BaseModel):
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
     links: dict[str, str] = Field(default_factory=dict)
+
+
+class JobPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "items": JobOut.model_config["json_schema_extra"]["examples"], "total": 1, "limit": 20, "offset": 0}]})
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int

@@ -16,7 +16,8 @@ from service.db.base import utcnow
 from service.db.models import Job
 from service.devices import repository as device_repo
 from service.engine.adapter import SupernetEngine
-from service.errors import (DeviceNotFound, InfeasibleConstraints, JobNotFound, ServiceUnavailable, ValidationFailed)
+from service.errors import (DeviceNotFound, Forbidden, InfeasibleConstraints, JobNotFound, ServiceUnavailable,
+                            Unauthorized, ValidationFailed)
 from service.settings import Settings
 from service.subnets import repository as subnet_repo
 from service.supernets.store import SupernetStore
@@ -94,18 +95,42 @@ def check_floor(eng: SupernetEngine, eff, constraints: dict[str, float], floor: 
         raise InfeasibleError({"min_accuracy": r.predicted_acc}, {**constraints, "min_accuracy": floor})
 
 
-def specialize(s: Session, store: SupernetStore, settings: Settings, celery, body: SpecializeRequest
-               ) -> tuple[Job, bool]:
+def check_search_policy(settings: Settings, body: SpecializeRequest, has_key: bool) -> None:
+    """`search_auth`: 'all' needs a key for every search; 'beyond_defaults' lets anonymous callers search with
+    the default population and generations only; 'none' needs no key."""
+    if has_key or settings.search_auth == "none":
+        return
+    if settings.search_auth == "all":
+        raise Unauthorized("POST /specialize needs an API key (X-API-Key) on this service")
+    o = body.options
+    for name, given, default in (("population", o.population, settings.default_population),
+                                 ("generations", o.generations, settings.default_generations)):
+        if given is not None and given > default:
+            raise Unauthorized(f"options.{name} above the default ({default}) needs an API key (X-API-Key)")
+
+
+def _republish_if_orphaned(s: Session, settings: Settings, celery, job: Job) -> None:
+    """An identical request found a queued job published more than a lease ago (its message may be lost):
+    publish it again now rather than wait for the sweeper."""
+    if job.status == "queued" and repo.touch_orphan(s, job.id, settings.job_lease_s):
+        s.commit()
+        try:
+            Q.publish(celery, settings.task_queue, Q.RUN_SEARCH, [job.id], settings.broker_publish_timeout_s)
+        except Exception:
+            log.warning("re-publish failed; the sweeper retries", extra={"job": job.id})
+
+
+def specialize(s: Session, store: SupernetStore, settings: Settings, celery, body: SpecializeRequest,
+               owner_key_id: int | None = None) -> tuple[Job, bool]:
     """Returns (job, answered_now). answered_now: the result is in the job (cache or Pareto front)."""
-    supernet = body.supernet or settings.default_supernet
-    eng = store.get(supernet)
-    constraints = body.constraints.as_dict()
-    if not constraints:
+    if not body.constraints.as_dict():
         raise ValidationFailed("constraints", "give at least one of latency_ms, macs, params, peak_memory_bytes")
     found = device_repo.with_current_table(s, body.device)
     if found is None:
         raise DeviceNotFound(body.device)
     device, table = found
+    supernet = body.supernet or device.supernet.name      # default: the supernet the device's table is for
+    eng = store.get(supernet)
     if device.supernet.name != supernet:
         raise ValidationFailed("device", f"device {device.name!r} has a latency table for supernet "
                                f"{device.supernet.name!r}, not {supernet!r}")
@@ -115,6 +140,7 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
     sn_row = device.supernet            # checked above to be the requested supernet
     eff = eng.efficiency(table.id, lambda: device_repo.load_entries(s, table.id))
     minima = eng.minima(eff)
+    constraints = body.constraints.absolute(minima, lambda: eng.maxima(eff))
     if any(minima[k] > v for k, v in constraints.items()):
         raise infeasible(minima, constraints)
     options = {"population": body.options.population or settings.default_population,
@@ -122,12 +148,15 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
                "seed": body.options.seed if body.options.seed is not None else 0}
     request = {"supernet": supernet, "device": device.name, "constraints": constraints,
                "accuracy_floor": body.accuracy_floor, "options": options}
+    if body.constraints.relative():
+        request["relative_constraints"] = body.constraints.relative()
     h = request_hash({**request, "supernet_version": eng.version, "table_id": table.id,
                       "pareto": bool(body.use_pareto)})
     existing = repo.find_live(s, h)
     if existing is not None:
+        _republish_if_orphaned(s, settings, celery, existing)
         return existing, existing.status == "succeeded"
-    job = Job(id=uuid.uuid4().hex, supernet_id=sn_row.id, supernet_version=eng.version, device_id=device.id,
+    job = Job(id=uuid.uuid4().hex, owner_key_id=owner_key_id, supernet_id=sn_row.id, supernet_version=eng.version, device_id=device.id,
               table_id=table.id, request_hash=h, request=request, status="queued", source="search")
     points = eng.front_points(table.id, lambda: device_repo.front_for(s, sn_row.id, table.id)) \
         if body.use_pareto else None
@@ -168,6 +197,16 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
     return job, answered
 
 
+def list_jobs(s: Session, offset: int, limit: int, status: str | None, device: str | None) -> tuple[list[Job], int]:
+    device_id = None
+    if device:
+        d = device_repo.get_by_name(s, device)
+        if d is None:
+            raise DeviceNotFound(device)
+        device_id = d.id
+    return repo.list_recent(s, offset, limit, status, device_id)
+
+
 def get_job(s: Session, job_id: str) -> Job:
     job = repo.get(s, job_id)
     if job is None:
@@ -175,9 +214,12 @@ def get_job(s: Session, job_id: str) -> Job:
     return job
 
 
-def cancel(s: Session, job_id: str) -> Job:
+def cancel(s: Session, settings: Settings, job_id: str, key_id: int) -> Job:
+    """Only the key that created a job may cancel it (a job created without a key: any valid key)."""
     job = get_job(s, job_id)
-    repo.request_cancel(s, job_id)
+    if job.owner_key_id is not None and job.owner_key_id != key_id:
+        raise Forbidden("only the API key that created this job may cancel it", job=job_id)
+    repo.request_cancel(s, job_id, settings.job_lease_s)
     s.commit()
     s.refresh(job)
     return job

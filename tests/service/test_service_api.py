@@ -15,7 +15,7 @@ SEARCH = {"population": 16, "generations": 5, "seed": 0}
 
 def post_spec(env, device="dev", latency=3.0, **kw):
     body = {"device": device, "constraints": {"latency_ms": latency}, "options": dict(SEARCH), **kw}
-    return env.client.post("/specialize", json=body)
+    return env.client.post("/specialize", json=body, headers=env.h)
 
 
 def finished_job(env, device="dev", latency=3.0, **kw):
@@ -144,7 +144,11 @@ def test_multipart_published_tables(env):
     r = env.client.get(f"/subnets/{res['subnet_id']}/checkpoint")
     assert r.status_code == 409 and "OFA_MBV3_W12_WEIGHTS" in r.json()["error"]["message"]
     assert env.client.get(f"/subnets/{res['subnet_id']}/net.config").status_code == 200
-    r = env.client.post("/specialize", json={"device": "note10", "constraints": {"latency_ms": 25}})
+    # "supernet" defaults to the device's supernet; naming another one is a 422 on the device
+    r = env.client.post("/specialize", json={"device": "note10", "constraints": {"latency_ms": 25}, "options": SEARCH})
+    assert r.status_code in (200, 202) and r.json()["supernet"] == "ofa_mbv3_d234_e346_k357_w1.2", r.text
+    r = env.client.post("/specialize", json={"supernet": "ofa_mbv3_cifar10", "device": "note10",
+                                             "constraints": {"latency_ms": 25}})
     assert r.status_code == 422 and r.json()["error"]["field"] == "device"
 
 
@@ -164,7 +168,8 @@ def test_idempotency_and_duplicate_delivery(env):
 def test_cancel(env):
     env.add_device("dev")
     jid = post_spec(env).json()["id"]
-    r = env.client.delete(f"/jobs/{jid}")
+    assert env.client.delete(f"/jobs/{jid}").status_code == 401       # cancelling needs a key
+    r = env.client.delete(f"/jobs/{jid}", headers=env.h)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     assert env.run_job(jid) == "cancelled"            # the worker skips it
     r = post_spec(env)                                # a cancelled job does not block a new one

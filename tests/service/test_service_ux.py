@@ -1,0 +1,122 @@
+"""The service as a person uses it (issue 12): offline API docs with the API-key security scheme, relative
+budgets, the device's supernet as the default, the jobs list and the server-rendered dashboard pages."""
+from __future__ import annotations
+
+import re
+
+SEARCH = {"population": 16, "generations": 5, "seed": 0}
+
+
+def test_docs_are_served_offline(sqlite_env):
+    c = sqlite_env.client
+    for path in ("/docs", "/redoc"):
+        page = c.get(path)
+        assert page.status_code == 200
+        assert "cdn" not in page.text.lower() and "googleapis" not in page.text
+        assets = re.findall(r'(?:src|href)="(/static/docs/[^"]+)"', page.text)
+        assert assets, page.text
+        for a in assets:                      # every script and style sheet comes from this service
+            r = c.get(a)
+            assert r.status_code == 200 and len(r.content) > 1000, a
+        assert not re.findall(r'(?:src|href)="https?://', page.text)
+
+
+def test_openapi_declares_the_api_key_on_writes(sqlite_env):
+    doc = sqlite_env.client.get("/openapi.json").json()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["ApiKeyHeader"] == {**schemes["ApiKeyHeader"], "type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert {"ApiKeyHeader": []} in doc["paths"]["/devices"]["post"]["security"]
+    assert {"ApiKeyHeader": []} in doc["paths"]["/devices/{name}"]["put"]["security"]
+    assert {"ApiKeyHeader": []} in doc["paths"]["/devices/{name}/timings"]["post"]["security"]
+    assert "security" not in doc["paths"]["/devices"]["get"]
+    assert "security" not in doc["paths"]["/jobs/{job_id}"]["get"]
+    # every operation documents a successful response with an example or a schema
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            ok = {k: v for k, v in op["responses"].items() if k.startswith("2")}
+            assert ok, (method, path)
+            content = next(iter(ok.values())).get("content", {})
+            assert not content or any("example" in m or "schema" in m for m in content.values()), (method, path)
+
+
+def test_relative_budgets(sqlite_env):
+    e = sqlite_env
+    e.add_device("rel")
+    r = e.client.post("/specialize", json={"device": "rel", "constraints": {"latency_ms": 0.001}})
+    assert r.status_code == 422
+    lo = r.json()["error"]["minima"]["latency_ms"]
+    r = e.client.post("/specialize", json={"device": "rel", "constraints": {"latency_ms": {"times_min": 1.5}},
+                                           "options": SEARCH, "use_pareto": False}, headers=e.h)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert abs(job["request"]["constraints"]["latency_ms"] - 1.5 * lo) < 1e-9 * lo
+    assert job["request"]["relative_constraints"] == {"latency_ms": {"times_min": 1.5}}
+    assert job["supernet"] == "ofa_mbv3_cifar10"          # no "supernet": the device's
+    assert e.run_job(job["id"]) == "succeeded"
+    res = e.client.get(f"/jobs/{job['id']}").json()["result"]
+    assert res["predicted_latency_ms"] <= 1.5 * lo * (1 + 1e-9)
+    r = e.client.post("/specialize", json={"device": "rel", "constraints": {"latency_ms": {"fraction_of_range": 0},
+                                                                            "macs": {"times_min": 2}},
+                                           "options": SEARCH, "use_pareto": False}, headers=e.h)
+    assert r.status_code == 202, r.text
+    cons = r.json()["request"]["constraints"]
+    assert abs(cons["latency_ms"] - lo) < 1e-9 * lo and isinstance(cons["macs"], int)
+    for bad, field in (({"latency_ms": {"times_min": 0.5}}, "constraints.latency_ms"),
+                       ({"latency_ms": {"fraction_of_range": 0.3, "times_min": 2}}, "constraints.latency_ms"),
+                       ({"latency_ms": {"fastest": 2}}, "constraints.latency_ms"),
+                       ({"macs": 1.5}, "constraints.macs"), ({"latency_ms": "fast"}, "constraints.latency_ms")):
+        r = e.client.post("/specialize", json={"device": "rel", "constraints": bad})
+        assert r.status_code == 422 and r.json()["error"]["field"] == field, (bad, r.text)
+
+
+def test_jobs_list(sqlite_env):
+    e = sqlite_env
+    e.add_device("lister")
+    ids = [e.client.post("/specialize", json={"device": "lister", "constraints": {"latency_ms": {"times_min": f}},
+                                              "use_pareto": False}).json()["id"] for f in (1.2, 1.4, 1.6)]
+    page = e.client.get("/jobs?limit=2").json()
+    assert page["total"] == 3 and len(page["items"]) == 2
+    assert {j["id"] for j in e.client.get("/jobs?device=lister").json()["items"]} == set(ids)
+    assert e.client.get("/jobs?status=succeeded").json()["total"] == 0
+    assert e.client.get("/jobs?device=ghost").status_code == 404
+    assert e.client.get("/jobs?status=weird").status_code == 422
+
+
+def test_dashboard_pages(sqlite_env):
+    e = sqlite_env
+    c = e.client
+    e.add_device("pages")
+    r = c.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert 'href="/ui/devices/pages"' in r.text
+    assert not re.findall(r'(?:src|href)="https?://', r.text)
+    for a in re.findall(r'(?:src|href)="(/static/[^"]+)"', r.text):
+        assert c.get(a).status_code == 200, a
+    # the device page before and after its front exists
+    assert "being computed" in c.get("/ui/devices/pages").text
+    from workers import runner
+    from service.devices import repository as repo
+    with e.db.session() as s:
+        d = repo.get_by_name(s, "pages")
+        ids = (d.id, repo.current_table(s, d).id)
+    runner.compute_front(e.db, e.store, e.settings, ids[0], ids[1], "ofa_mbv3_cifar10")
+    page = c.get("/ui/devices/pages").text
+    n = len(c.get("/devices/pages").json()["pareto_front"])
+    assert page.count('class="pt"') == 2 * n and 'id="front-data"' in page
+    # a front point's sub-network, as the page script asks for it, renders a card with every download
+    p = c.get("/devices/pages").json()["pareto_front"][1]
+    job = c.post("/specialize", json={"device": "pages", "constraints": {"latency_ms": p["latency_ms"]}}).json()
+    assert job["source"] == "pareto" and job["result"]["config"] == p["config"]
+    card = c.get(f"/ui/jobs/{job['id']}/card").text
+    for f in ("safetensors", "pt", "torchscript", "onnx"):
+        assert f"/subnets/{job['result']['subnet_id']}/checkpoint?format={f}" in card
+    assert "net.config" in card
+    jp = c.get(f"/ui/jobs/{job['id']}").text
+    assert "succeeded" in jp and 'id="result-card"' in jp
+    assert job["id"][:12] in c.get("/ui/jobs").text
+    assert c.get("/ui/specialize?device=pages").status_code == 200
+    assert 'id="upload-form"' in c.get("/ui/upload").text
+    assert c.get("/ui/devices/ghost").status_code == 404 and c.get("/ui/jobs/nope").status_code == 404
+    # names are escaped
+    e.add_device("x<b>")
+    assert "x<b>" not in c.get("/").text and "x&lt;b&gt;" in c.get("/").text
