@@ -97,6 +97,20 @@ class Unauthorized(ServiceError):
         self.headers = {"WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(ServiceError):
+    status_code, code = 403, "forbidden"
+
+
+class RateLimited(ServiceError):
+    status_code, code = 429, "rate_limited"
+
+    def __init__(self, limit: int, window_s: float, retry_after: float):
+        wait = max(1, int(retry_after + 0.999))
+        super().__init__(f"at most {limit} searches per {window_s:g} s for this key or client address; retry in "
+                         f"{wait} s", limit=limit, window_s=window_s, retry_after=wait)
+        self.headers = {"Retry-After": str(wait)}
+
+
 class Conflict(ServiceError):
     status_code, code = 409, "conflict"
 
@@ -145,6 +159,25 @@ class BrokerUnavailable(ServiceUnavailable):
 
 class NotReady(ServiceUnavailable):
     code = "not_ready"
+
+
+class CalibrationPending(ServiceUnavailable):
+    """503 + Retry-After while a sub-network's BN statistics are being recalibrated: the uncalibrated ones are
+    never served when calibration data is configured (`curl --retry` and most HTTP clients retry a 503)."""
+    code = "bn_calibration_pending"
+
+    def __init__(self, subnet_id: str, retry_after_s: int):
+        super().__init__(f"sub-network {subnet_id!r}: its BN statistics are being recalibrated on the calibration "
+                         f"images; retry in about {retry_after_s} s", subnet=subnet_id, retry_after_s=retry_after_s)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class CalibrationFailed(Conflict):
+    code = "bn_calibration_failed"
+
+    def __init__(self, subnet_id: str, reason: str):
+        super().__init__(f"sub-network {subnet_id!r}: BN recalibration failed ({reason}); its uncalibrated "
+                         "statistics are not served", subnet=subnet_id, reason=reason)
 
 
 def _field_from_loc(loc: tuple | list) -> str:

@@ -43,7 +43,16 @@ class Settings(BaseSettings):
     pareto_population: int = 64
     pareto_generations: int = 30
     sse_poll_s: float = 0.1
-    job_lease_s: float = 120.0
+    job_lease_s: float = Field(30.0, description="a running job whose worker has not heartbeated for this long is "
+                               "taken over (its worker died); a queued job published this long ago is re-published")
+    job_heartbeat_s: float = Field(0.0, description="worker heartbeat period; 0: a quarter of job_lease_s")
+    job_sweep_s: float = Field(10.0, description="period of the sweeper (in every worker) that recovers jobs "
+                               "whose lease expired and re-publishes orphaned queued ones; 0 disables it")
+    job_max_attempts: int = Field(3, description="a job whose worker died this many times fails (worker_lost)")
+    search_auth: str = Field("beyond_defaults", description="API key needed for POST /specialize: 'all', "
+                             "'beyond_defaults' (anonymous requests may only use the default options), 'none'")
+    rate_limit_searches: int = Field(60, description="POST /specialize per key (or client address) per window; 0: off")
+    rate_limit_window_s: float = 60.0
     host_device_name: str = "host-cpu"
     log_level: str = "INFO"
     log_json: bool = True

@@ -19,10 +19,15 @@ def _prepare_broker(url: str) -> str:
     return url
 
 
-def _transport_options(settings: Settings) -> dict:
+def _transport_options(settings: Settings, worker: bool) -> dict:
+    """Redis: an unacknowledged message (its worker died) is delivered again after `visibility_timeout`, set from
+    the job lease (4 leases, at least a minute; the sweeper recovers the job after one lease anyway, and a
+    delivery of a job that is still running is retried, not dropped). The API's socket timeout is the publish
+    deadline, so a hung broker cannot hold its threads for long."""
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        return {"socket_connect_timeout": settings.broker_publish_timeout_s, "socket_timeout": 10,
-                "visibility_timeout": 3600}
+        t = settings.broker_publish_timeout_s
+        return {"socket_connect_timeout": t, "socket_timeout": 10 if worker else t,
+                "visibility_timeout": max(60, int(4 * settings.job_lease_s))}
     return {}
 
 
@@ -40,7 +45,7 @@ def make_celery(settings: Settings | None = None, with_tasks: bool = False) -> C
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.broker_publish_timeout_s,
-        broker_transport_options=_transport_options(settings),
+        broker_transport_options=_transport_options(settings, with_tasks),
         worker_send_task_events=False,
         task_send_sent_event=False,
     )

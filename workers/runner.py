@@ -8,16 +8,22 @@ import uuid
 from sqlalchemy.exc import IntegrityError
 
 from ofa_core.search import METRICS, InfeasibleError, SearchCancelled
+from service.calibration import service as calibration
 from service.devices import repository as device_repo
 from service.jobs import repository as job_repo
 from service.jobs.service import infeasible, subnet_result
 from service.subnets import repository as subnet_repo
 from service.supernets import repository as supernet_repo
+from workers.lease import Heartbeat, LeaseHeld, heartbeat_period
 
 log = logging.getLogger("ofa.worker")
 
 
-def run_search(db, store, settings, job_id: str) -> str:
+def _claim(db, settings, job_id: str) -> tuple[str, tuple] | str:
+    """Claim the job: (token, (supernet, table_id, request, supernet_id)), or the outcome for this delivery when
+    it cannot run the job now. Raises LeaseHeld when a live worker holds it (the delivery is retried, never
+    dropped: if that worker dies, its lease expires and a retry or the sweeper takes the job over)."""
+    lease = settings.job_lease_s
     with db.session() as s:
         job = job_repo.get(s, job_id)
         if job is None:
@@ -26,14 +32,42 @@ def run_search(db, store, settings, job_id: str) -> str:
         if job.status in job_repo.TERMINAL:
             return job.status                       # duplicate delivery of a finished job
         token = uuid.uuid4().hex
-        if not job_repo.claim(s, job_id, token, settings.job_lease_s):
-            return "not-claimed"                    # another worker holds a live lease, or it was cancelled
-        supernet, table_id, req = job.supernet.name, job.table_id, dict(job.request)
-        supernet_id = job.supernet_id
+        if job_repo.claim(s, job_id, token, lease, settings.job_max_attempts):
+            return token, (job.supernet.name, job.table_id, dict(job.request), job.supernet_id)
+        s.rollback()
+        s.refresh(job)
+        if job.status in job_repo.TERMINAL:
+            return job.status
+        if job.status == "running" and job_repo.lease_left_s(job, lease) > 0:
+            if job.cancel_requested:
+                return "cancelling"                 # its live worker stops at the next generation
+            raise LeaseHeld(job_id, job_repo.lease_left_s(job, lease) + 1.0)
+        if job.cancel_requested:
+            job_repo.finish_expired(s, job_id, lease, "cancelled", {"code": "cancelled", "message": "cancelled by request"})
+            return "cancelled"
+        if job.attempts >= settings.job_max_attempts:
+            job_repo.finish(s, job_id, None, "failed", lease_token=None, error={
+                "code": "worker_lost", "attempts": job.attempts,
+                "message": f"the job's worker stopped {job.attempts} times (killed or out of memory); giving up "
+                           f"after job_max_attempts={settings.job_max_attempts}"})
+            return "failed"
+        return "not-claimed"
+
+
+def run_search(db, store, settings, job_id: str) -> str:
+    claimed = _claim(db, settings, job_id)
+    if isinstance(claimed, str):
+        return claimed
+    token, (supernet, table_id, req, supernet_id) = claimed
     eng = store.get(supernet)
+    state = {"cancel": False, "last": 0.0}
+    with Heartbeat(db, job_id, token, heartbeat_period(settings), state):
+        return _search(db, eng, settings, job_id, token, supernet, table_id, req, supernet_id, state)
+
+
+def _search(db, eng, settings, job_id, token, supernet, table_id, req, supernet_id, state) -> str:
     opts = req["options"]
     eff = eng.efficiency(table_id, lambda: _entries(db, table_id))
-    state = {"cancel": False, "last": 0.0}
     log.info("search started", extra={"job": job_id, "supernet": supernet, "constraints": req["constraints"]})
 
     def progress(gen, total, best_acc):
@@ -52,9 +86,10 @@ def run_search(db, store, settings, job_id: str) -> str:
                        opts["seed"], progress=progress, should_cancel=lambda: state["cancel"])
     except SearchCancelled:
         with db.session() as s:
-            job_repo.finish(s, job_id, token, "cancelled", error={"code": "cancelled", "message": "cancelled by request"})
-        log.info("search cancelled", extra={"job": job_id})
-        return "cancelled"
+            done = job_repo.finish(s, job_id, token, "cancelled",
+                                   error={"code": "cancelled", "message": "cancelled by request"})
+        log.info("search cancelled" if done else "search superseded", extra={"job": job_id})
+        return "cancelled" if done else "superseded"
     except InfeasibleError as e:
         err = infeasible(eng.minima(eff), req["constraints"], e)
         with db.session() as s:
@@ -68,12 +103,17 @@ def run_search(db, store, settings, job_id: str) -> str:
             raise
         log.exception("search failed", extra={"job": job_id})
         with db.session() as s:
-            job_repo.finish(s, job_id, token, "failed", error={"code": "search_error", "message": str(e)})
+            job_repo.finish(s, job_id, token, "failed", error={"code": "search_error", "message": str(e)[:500]})
         return "failed"
+    return _save(db, job_id, token, supernet, supernet_id, opts, r, t0)
+
+
+def _save(db, job_id: str, token: str, supernet: str, supernet_id: int, opts: dict, r, t0: float) -> str:
     cfg = r.config
     metrics = {k: getattr(r, k) for k in METRICS}
     sid = cfg.content_id()
     result = subnet_result(sid, supernet, cfg.to_dict(), r.predicted_acc, metrics)
+    result.update(calibration.for_search(db, eng, supernet_id, sid, cfg, metrics))   # BN stats + measured accuracy
     with db.session() as s:
         subnet_repo.get_or_create(s, sid, supernet_id, cfg.to_dict(),
                                   {k: int(metrics[k]) for k in ("macs", "params", "peak_memory_bytes")})

@@ -5,6 +5,9 @@ Declared with their queue, late acks and retries with backoff on transient error
 from __future__ import annotations
 
 import logging
+import os
+
+from celery.signals import worker_ready, worker_shutdown
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import OperationalError as DBOperationalError
@@ -19,6 +22,23 @@ COMMON = dict(queue=QUEUE, acks_late=True, reject_on_worker_lost=True, autoretry
               retry_backoff=True, retry_backoff_max=60, retry_jitter=True, max_retries=5, ignore_result=True)
 
 _ctx = None
+_sweeper = None
+
+
+@worker_ready.connect
+def _start_sweeper(sender=None, **_):
+    """Every worker's main process runs the sweeper (workers/sweeper.py) and, when started by `ofa serve`
+    (OFA_PARENT_PID), stops itself if that parent is gone."""
+    global _sweeper
+    from workers.sweeper import Sweeper
+    parent = os.environ.get("OFA_PARENT_PID")
+    _sweeper = Sweeper(get_settings(), celery_app, int(parent) if parent and parent.isdigit() else None).start()
+
+
+@worker_shutdown.connect
+def _stop_sweeper(sender=None, **_):
+    if _sweeper is not None:
+        _sweeper.stop()
 
 
 def context():
@@ -35,11 +55,22 @@ def context():
     return _ctx
 
 
-@celery_app.task(name="ofa.run_search", **COMMON)
-def run_search(job_id: str) -> None:
+# a delivery of a job that another live worker holds is retried this many times (a lease apart), never dropped
+LEASE_RETRIES = 20
+
+
+@celery_app.task(name="ofa.run_search", bind=True, **COMMON)
+def run_search(self, job_id: str) -> None:
     from workers import runner
+    from workers.lease import LeaseHeld
     settings, db, store = context()
-    runner.run_search(db, store, settings, job_id)
+    try:
+        runner.run_search(db, store, settings, job_id)
+    except LeaseHeld as e:
+        if self.request.retries >= LEASE_RETRIES:   # the sweeper still recovers the job if that worker dies
+            log.warning("lease still held; leaving the job to its worker", extra={"job": job_id})
+            return
+        raise self.retry(countdown=e.retry_in, max_retries=LEASE_RETRIES) from None
 
 
 @celery_app.task(name="ofa.compute_pareto_front", **COMMON)
@@ -47,6 +78,14 @@ def compute_pareto_front(device_id: int, table_id: int, supernet: str) -> None:
     from workers import runner
     settings, db, store = context()
     runner.compute_front(db, store, settings, device_id, table_id, supernet)
+
+
+@celery_app.task(name="ofa.calibrate_subnet", **COMMON)
+def calibrate_subnet(subnet_id: str) -> None:
+    """BN recalibration (and measured accuracy) of one sub-network, once per calibration set; idempotent."""
+    from service.calibration.service import calibrate_by_id
+    settings, db, store = context()
+    calibrate_by_id(db, store, subnet_id)
 
 
 @celery_app.task(name="ofa.profile_host", **{**COMMON, "max_retries": 1})

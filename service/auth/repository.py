@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
@@ -20,3 +20,15 @@ def find_active(s: Session, key_hash: str) -> ApiKey | None:
 
 def touch(s: Session, key_id: int) -> None:
     s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+
+
+def all_keys(s: Session) -> list[ApiKey]:
+    return list(s.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def revoke(s: Session, ident: str) -> int:
+    cond = ApiKey.prefix == ident
+    if ident.isdigit():
+        cond = or_(cond, ApiKey.id == int(ident))
+    res = s.execute(update(ApiKey).where(cond, ApiKey.revoked.is_(False)).values(revoked=True))
+    return res.rowcount

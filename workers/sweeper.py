@@ -1,0 +1,99 @@
+"""The sweeper: recovers jobs nobody works on. It runs as a daemon thread in every worker's main process (started
+when the worker is ready; `job_sweep_s` apart, 0 disables it), and `sweep()` can be called directly (tests, CLI).
+
+Each pass, for every job whose timestamp (`heartbeat_at`) is older than `job_lease_s`:
+- a running job whose worker stopped heartbeating (killed pool child or whole worker): queued again and
+  re-published, or failed (`worker_lost`) once it used `job_max_attempts` attempts, or cancelled if that was asked;
+- a queued job published more than a lease ago (the API died between commit and publish, the broker lost its
+  data, the embedded SQL broker kept a killed worker's message invisible): re-published.
+Every change is one conditional UPDATE, so several sweepers (one per worker) never publish the same job twice in a
+period, and a duplicate message is harmless anyway (claim() is atomic; a finished job's task returns at once).
+A job is therefore picked up again at most `job_lease_s + job_sweep_s` after its worker died.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from service.jobs import queue as Q
+from service.jobs import repository as job_repo
+
+log = logging.getLogger("ofa.sweeper")
+
+
+def sweep(db, celery, settings) -> dict[str, int]:
+    """One pass; returns counts of what it did (requeued, republished, failed, cancelled, publish_errors)."""
+    lease = settings.job_lease_s
+    counts = {"requeued": 0, "republished": 0, "failed": 0, "cancelled": 0, "publish_errors": 0}
+    with db.session() as s:
+        rows = job_repo.needing_recovery(s, lease)
+    for job_id, status, attempts, cancel in rows:
+        with db.session() as s:
+            if status == "running" and cancel:
+                done = job_repo.finish_expired(s, job_id, lease, "cancelled",
+                                               {"code": "cancelled", "message": "cancelled by request"})
+                counts["cancelled"] += done
+                continue
+            if status == "running" and attempts >= settings.job_max_attempts:
+                done = job_repo.finish_expired(s, job_id, lease, "failed", {
+                    "code": "worker_lost", "attempts": attempts,
+                    "message": f"the job's worker stopped {attempts} times (killed or out of memory); giving up "
+                               f"after job_max_attempts={settings.job_max_attempts}"})
+                counts["failed"] += done
+                continue
+            took = job_repo.requeue_expired(s, job_id, lease) if status == "running" \
+                else job_repo.touch_orphan(s, job_id, lease)
+        if not took:
+            continue                   # another sweeper (or a redelivered task) got there first
+        try:
+            Q.publish(celery, settings.task_queue, Q.RUN_SEARCH, [job_id], settings.broker_publish_timeout_s)
+        except Exception:
+            counts["publish_errors"] += 1     # stays queued; the next pass after a lease tries again
+            continue
+        counts["requeued" if status == "running" else "republished"] += 1
+        log.warning("job recovered", extra={"job": job_id, "was": status, "attempts": attempts})
+    return counts
+
+
+class Sweeper:
+    """The periodic sweep in a daemon thread. With `parent_pid`, it also stops this worker (SIGTERM to itself)
+    when that process is gone (the `ofa serve` that started it died without stopping it)."""
+
+    def __init__(self, settings, celery, parent_pid: int | None = None):
+        self.settings, self.celery, self.parent_pid = settings, celery, parent_pid
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ofa-sweeper", daemon=True)
+
+    def start(self) -> "Sweeper":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _parent_gone(self) -> bool:
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
+
+    def _run(self) -> None:
+        from service.db.session import Database
+        db = Database(self.settings.database_url, pooled=False)   # no pooled sockets for forked pool children
+        period = self.settings.job_sweep_s
+        next_at = time.monotonic()
+        try:
+            while not self._stop.wait(min(period, 1.0) if period > 0 else 1.0):
+                if self._parent_gone():
+                    log.warning("parent process gone; stopping this worker", extra={"parent": self.parent_pid})
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+                if period <= 0 or time.monotonic() < next_at:
+                    continue
+                try:
+                    sweep(db, self.celery, self.settings)
+                except Exception as e:
+                    log.warning("sweep failed", extra={"error": f"{type(e).__name__}: {e}"[:300]})
+                next_at = time.monotonic() + period
+        finally:
+            db.dispose()
