@@ -1,0 +1,86 @@
+"""Calibration from whole-network timings (issue 14): the project's hierarchical model vs the family NNLS baseline.
+
+    cd /work/main && OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/bench_calibration.py
+
+Synthetic devices (`bench/calib_devices.py`: per-kernel roofline with launch overhead, channel and spatial tiling,
+under-utilisation, per-operator quirks, 1.5-3% lognormal timing noise and 2% slow outliers) of the w1.0 space
+(25 resolutions). For each device and seed: N training configs and 2,000 held-out configs, timed with noise; both
+models are fitted on the same N timings in the same run and scored on the same held-out timings. Printed: the
+held-out share within +-10% and +-5% (mean over seeds) at N = 10, 30, 100, 300, and the fit times (the model's
+includes its 5-fold cross-validation, as the service runs it).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.calib_devices import DEVICES, device_table, timings          # noqa: E402
+from ofa_core.calibrate import agreement, family_baseline, fit_calibration  # noqa: E402
+from ofa_core.spec import get_spec                                       # noqa: E402
+
+
+def run(spec, dev, ns, seeds, n_test, cv_folds):
+    rows = {n: {"base": [], "ours": [], "t_base": [], "t_ours": [], "cv": []} for n in ns}
+    for seed in seeds:
+        rng = np.random.default_rng(1000 + seed)
+        true = device_table(dev, spec, seed)
+        tr = spec.sample_encoded(max(ns), rng)
+        te = spec.sample_encoded(n_test, rng)
+        y_tr, y_te = timings(dev, true, tr, rng), timings(dev, true, te, rng)
+        for n in ns:
+            t0 = time.perf_counter()
+            base = family_baseline(spec, tr[:n], y_tr[:n])
+            t1 = time.perf_counter()
+            res = fit_calibration(spec, tr[:n], y_tr[:n], batch_size=dev.batch, cv_folds=cv_folds, seed=seed)
+            t2 = time.perf_counter()
+            r = rows[n]
+            r["base"].append(agreement(base.predict(te), y_te))
+            r["ours"].append(agreement(res.table.predict(te), y_te))
+            r["t_base"].append(t1 - t0)
+            r["t_ours"].append(t2 - t1)
+            if res.report["cv"]:
+                r["cv"].append(res.report["cv"]["share_within_10"])
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ns", type=int, nargs="+", default=[10, 30, 100, 300])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--test", type=int, default=2000)
+    ap.add_argument("--cv-folds", type=int, default=5)
+    ap.add_argument("--devices", nargs="*", default=None, help="substrings of device names (default: all)")
+    ap.add_argument("--supernet", default="ofa_mbv3_d234_e346_k357_w1.0")
+    args = ap.parse_args(argv)
+    spec = get_spec(args.supernet)
+    print(f"supernet {spec.name} ({len(spec.resolutions)} resolutions); {args.seeds} seeds x {args.test} held-out "
+          f"configs per device; share of held-out timings predicted within +-10% / +-5%")
+    print(f"{'device':30s} {'N':>4s} | {'family NNLS':>13s} | {'ours':>13s} | {'ours CV':>7s} | "
+          f"{'fit s base':>10s} {'fit s ours':>10s}")
+    means = {n: {"base": [], "ours": []} for n in args.ns}
+    for name, dev in DEVICES.items():
+        if args.devices and not any(d in name for d in args.devices):
+            continue
+        rows = run(spec, dev, args.ns, range(args.seeds), args.test, args.cv_folds)
+        for n in args.ns:
+            r = rows[n]
+            b10, b5 = (np.mean([a[k] for a in r["base"]]) for k in ("share_within_10", "share_within_5"))
+            o10, o5 = (np.mean([a[k] for a in r["ours"]]) for k in ("share_within_10", "share_within_5"))
+            means[n]["base"].append(b10)
+            means[n]["ours"].append(o10)
+            cv = f"{np.mean(r['cv']):.3f}" if r["cv"] else "-"
+            print(f"{name:30s} {n:4d} | {b10:.3f} / {b5:.3f} | {o10:.3f} / {o5:.3f} | {cv:>7s} | "
+                  f"{np.median(r['t_base']):10.3f} {np.median(r['t_ours']):10.3f}")
+    print("mean over devices (+-10%): " + ", ".join(
+        f"N={n}: family {np.mean(means[n]['base']):.3f} vs ours {np.mean(means[n]['ours']):.3f}" for n in args.ns))
+
+
+if __name__ == "__main__":
+    main()
