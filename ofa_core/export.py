@@ -225,11 +225,18 @@ def load_safetensors_checkpoint(bytes_or_path: bytes | bytearray | memoryview | 
     return OrderedDict((k, tensors[k]) for k in order), meta
 
 
-def export_pt_bytes(supernet: OFAMobileNetV3, cfg: SubnetConfig) -> bytes:
-    """``torch.save({"state_dict", "net_config", "run_config"})`` of sub-network `cfg`, as bytes."""
-    sd = extract_state_dict(supernet, cfg, clone=True)  # owned tensors: torch.save would store whole storages
+def export_pt_bytes(supernet: OFAMobileNetV3, cfg: SubnetConfig, state_dict: Mapping[str, torch.Tensor] | None = None,
+                    extra: Mapping[str, Any] | None = None) -> bytes:
+    """``torch.save({"state_dict", "net_config", "run_config", **extra})`` of sub-network `cfg`, as bytes;
+    `state_dict` (e.g. with recalibrated BN statistics) replaces the one cut from the supernet; `extra` holds
+    plain values only (the file must stay loadable with ``weights_only=True``)."""
+    if state_dict is None:
+        sd = extract_state_dict(supernet, cfg, clone=True)  # owned tensors: torch.save would store whole storages
+    else:
+        sd = OrderedDict((k, v.detach().clone()) for k, v in state_dict.items())
     buf = io.BytesIO()
-    torch.save({"state_dict": sd, "net_config": net_config(supernet.spec, cfg), "run_config": run_config(cfg)}, buf)
+    torch.save({"state_dict": sd, "net_config": net_config(supernet.spec, cfg), "run_config": run_config(cfg),
+                **dict(extra or {})}, buf)
     return buf.getvalue()
 
 

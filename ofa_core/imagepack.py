@@ -22,7 +22,10 @@ import numpy as np
 
 from .data import ImageArray, _decode, load_dataset
 
-__all__ = ["save_encoded", "load_image_set", "image_set_sha256", "MAX_MEMBER_BYTES"]
+__all__ = ["save_encoded", "load_image_set", "image_set_sha256", "packaged_sets", "MAX_MEMBER_BYTES"]
+
+_ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+_PACKAGED = {"ofa_mbv3_cifar10": ("ofa_mbv3_cifar10_bn_calib.npz", "ofa_mbv3_cifar10_eval.npz")}
 
 MAX_MEMBER_BYTES = 512 * 1024 * 1024   # a compact file is small; refuse absurd arrays instead of allocating them
 
@@ -44,6 +47,14 @@ def save_encoded(path: str, encoded: list[bytes], labels: np.ndarray, classes: l
             zf.writestr(info, buf.getvalue())
     os.replace(tmp, path)
     return image_set_sha256(path)
+
+
+def packaged_sets(supernet: str) -> dict[str, str | None]:
+    """The calibration and evaluation image files packaged with a registered supernet (None where there are
+    none): {"calibration": path, "evaluation": path}."""
+    names = _PACKAGED.get(supernet, (None, None))
+    paths = [os.path.join(_ASSETS, n) if n and os.path.exists(os.path.join(_ASSETS, n)) else None for n in names]
+    return {"calibration": paths[0], "evaluation": paths[1]}
 
 
 def image_set_sha256(path: str) -> str:

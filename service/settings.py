@@ -1,6 +1,6 @@
 """The one settings object of the service. Every value comes from the environment (prefix ``OFA_``).
 
-Embedded defaults need no external service: SQLite under ``./var/`` and a serverless kombu transport
+Embedded defaults need no external service: SQLite under the data directory (``default_var_dir``) and a serverless kombu transport
 (SQLAlchemy over a SQLite file) as the Celery broker. Production sets ``OFA_DATABASE_URL`` to PostgreSQL and
 ``OFA_BROKER_URL`` to Redis. Job progress (SSE) is read from the database, so it works on both.
 """
@@ -12,13 +12,28 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-VAR_DIR = os.environ.get("OFA_VAR_DIR", "./var")
+
+
+def default_var_dir() -> str:
+    """The one data directory, absolute so that every command works from any working directory: `OFA_VAR_DIR`,
+    else the project's `var/` in a source checkout, else the user's data directory (`$XDG_DATA_HOME/ofa`)."""
+    if os.environ.get("OFA_VAR_DIR"):
+        return os.path.abspath(os.path.expanduser(os.environ["OFA_VAR_DIR"]))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.exists(os.path.join(root, "pyproject.toml")):
+        return os.path.join(root, "var")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(os.path.abspath(data), "ofa")
+
+
+VAR_DIR = default_var_dir()
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OFA_", extra="ignore")
 
-    var_dir: str = VAR_DIR
+    var_dir: str = Field(VAR_DIR, description="data directory (absolute): the embedded database and broker, "
+                         "registered predictors")
     database_url: str = Field(default=f"sqlite:///{VAR_DIR}/ofa.sqlite",
                               description="SQLAlchemy URL; PostgreSQL in production (postgresql+psycopg://...)")
     broker_url: str = Field(default=f"sqla+sqlite:///{VAR_DIR}/broker.sqlite",
@@ -58,6 +73,16 @@ class Settings(BaseSettings):
     log_json: bool = True
     auto_profile_host: bool = True
     broker_publish_timeout_s: float = 3.0
+    calibration_data: dict[str, str] = Field(default_factory=dict, description=(
+        "supernet name -> BN-calibration images (ImageFolder tree, .tar.gz of one, or a compact .npz); every served "
+        "sub-network is recalibrated on them; '' disables; default: the images packaged with the supernet"))
+    evaluation_data: dict[str, str] = Field(default_factory=dict, description=(
+        "supernet name -> evaluation images for measured_accuracy (same forms); '' disables; default: packaged"))
+    calibration_images: int = Field(2000, ge=1, le=50000, description="BN-calibration images per sub-network")
+    calibration_batch_size: int = Field(200, ge=1, le=2000)
+    evaluation_max_images: int = Field(10000, ge=1, le=100000, description="at most this many evaluation images")
+    calibration_retry_s: float = Field(60.0, description="a download of a sub-network whose recalibration was "
+                                       "requested this long ago and is still pending publishes the task again")
 
 
 @lru_cache

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 
@@ -31,7 +32,7 @@ def _claim(db, settings, job_id: str) -> tuple[str, tuple] | str:
             return "missing"
         if job.status in job_repo.TERMINAL:
             return job.status                       # duplicate delivery of a finished job
-        token = uuid.uuid4().hex
+        token = f"{os.getpid()}-{uuid.uuid4().hex[:24]}"   # names the process that holds the lease
         if job_repo.claim(s, job_id, token, lease, settings.job_max_attempts):
             return token, (job.supernet.name, job.table_id, dict(job.request), job.supernet_id)
         s.rollback()
@@ -105,15 +106,16 @@ def _search(db, eng, settings, job_id, token, supernet, table_id, req, supernet_
         with db.session() as s:
             job_repo.finish(s, job_id, token, "failed", error={"code": "search_error", "message": str(e)[:500]})
         return "failed"
-    return _save(db, job_id, token, supernet, supernet_id, opts, r, t0)
+    return _save(db, job_id, token, supernet, supernet_id, opts, r, t0, eng)
 
 
-def _save(db, job_id: str, token: str, supernet: str, supernet_id: int, opts: dict, r, t0: float) -> str:
+def _save(db, job_id: str, token: str, supernet: str, supernet_id: int, opts: dict, r, t0: float, eng=None) -> str:
     cfg = r.config
     metrics = {k: getattr(r, k) for k in METRICS}
     sid = cfg.content_id()
     result = subnet_result(sid, supernet, cfg.to_dict(), r.predicted_acc, metrics)
-    result.update(calibration.for_search(db, eng, supernet_id, sid, cfg, metrics))   # BN stats + measured accuracy
+    if eng is not None:   # BN statistics + measured accuracy, stored before the job succeeds
+        result.update(calibration.for_search(db, eng, supernet_id, sid, cfg, metrics))
     with db.session() as s:
         subnet_repo.get_or_create(s, sid, supernet_id, cfg.to_dict(),
                                   {k: int(metrics[k]) for k in ("macs", "params", "peak_memory_bytes")})

@@ -120,6 +120,13 @@ class SubnetResult(BaseModel):
     macs: int | None
     params: int | None
     peak_memory_bytes: int | None
+    measured_accuracy: float | None = Field(None, description="top-1 on the supernet's evaluation images after BN "
+                                            "recalibration (null: not configured, or listed in `pending`)")
+    measured_images: int | None = Field(None, description="number of evaluation images behind measured_accuracy")
+    bn_calibrated: bool | None = Field(None, description="the downloads carry BN statistics recalibrated on the "
+                                       "calibration images (false: the supernet's, see bn_calibration.setting)")
+    bn_calibration: dict[str, Any] | None = None
+    pending: list[str] = Field(default_factory=list, description="fields a worker is still computing")
     links: dict[str, str] = Field(default_factory=dict)
 
 

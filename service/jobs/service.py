@@ -19,6 +19,7 @@ from service.engine.adapter import SupernetEngine
 from service.errors import (DeviceNotFound, Forbidden, InfeasibleConstraints, JobNotFound, ServiceUnavailable,
                             Unauthorized, ValidationFailed)
 from service.settings import Settings
+from service.calibration import service as calibration
 from service.subnets import repository as subnet_repo
 from service.supernets.store import SupernetStore
 from . import queue as Q
@@ -168,6 +169,7 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
         subnet_repo.ensure(s, sid, sn_row.id, cfg.to_dict(), metrics)
         job.status, job.source, job.progress, job.subnet_id = "succeeded", "pareto", 1.0, sid
         job.result = subnet_result(sid, supernet, cfg.to_dict(), point["accuracy"], metrics)
+        job.result.update(calibration.fields(eng, calibration.lookup(s, eng, sid)))   # measured, or pending
         job.generation = options["generations"]
         job.started_at = job.finished_at = utcnow()
     elif body.accuracy_floor is not None:
@@ -185,6 +187,8 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
         if existing is None:
             raise
         return existing, existing.status == "succeeded"
+    if answered and job.result.get("pending"):    # a worker recalibrates and measures it, then fills them in
+        calibration.request_quietly(s, eng, settings, celery, job.subnet_id)
     if not answered:
         try:
             Q.publish(celery, settings.task_queue, Q.RUN_SEARCH, [job.id], settings.broker_publish_timeout_s)

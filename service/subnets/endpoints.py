@@ -9,7 +9,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ofa_core.spec import SubnetConfig
 from service.db.session import SessionDep
-from service.deps import StoreDep
+from service.calibration import service as calibration
+from service.deps import CeleryDep, StoreDep
 from service.errors import RangeNotSatisfiable, SubnetNotFound
 from service.metrics import CHECKPOINT_BYTES
 from service.openapi import errors, example
@@ -44,7 +45,9 @@ def get_subnet(subnet_id: str, s: SessionDep, store: StoreDep):
     row, sn, eng, cfg = _load(s, store, subnet_id)
     return {"id": row.id, "supernet": sn.name, "config": row.config, "macs": row.macs, "params": row.params,
             "peak_memory_bytes": row.peak_memory_bytes,
-            "predicted_accuracy": eng.predicted_accuracy(cfg), "checkpoint_available": eng.has_weights,
+            "predicted_accuracy": eng.predicted_accuracy(cfg),
+            **calibration.fields(eng, calibration.lookup(s, eng, row.id)),
+            "checkpoint_available": eng.has_weights,
             "created_at": row.created_at.isoformat(),
             "links": {"checkpoint": f"/subnets/{row.id}/checkpoint?format=safetensors",
                       "net_config": f"/subnets/{row.id}/net.config"}}
@@ -84,18 +87,27 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
           "description": "weights (safetensors by default)"},
     206: {"description": "partial content for a Range request"},
-    **errors(404, 409, 416, e409={"code": "weights_missing", "supernet": "ofa_mbv3_d234_e346_k357_w1.2",
+    **errors(404, 409, 416, 503, e503={"code": "bn_calibration_pending", "subnet": "9b1e0c4f2a7d", "retry_after_s": 3,
+                                     "message": "sub-network '9b1e0c4f2a7d': its BN statistics are being "
+                                                "recalibrated on the calibration images; retry in about 3 s"},
+             e409={"code": "weights_missing", "supernet": "ofa_mbv3_d234_e346_k357_w1.2",
                                   "message": "supernet 'ofa_mbv3_d234_e346_k357_w1.2' has no weights loaded; ..."})})
-async def checkpoint(subnet_id: str, request: Request, s: SessionDep, store: StoreDep,
+async def checkpoint(subnet_id: str, request: Request, s: SessionDep, store: StoreDep, celery: CeleryDep,
                      format: Literal["safetensors", "pt", "torchscript", "onnx"] = "safetensors"):
-    """The sub-network's weights cut from the in-memory supernet: ETag = sha256, resumable with Range/If-Range."""
+    """The sub-network's weights cut from the in-memory supernet: ETag = sha256, resumable with Range/If-Range.
+
+    Where the supernet has calibration images, every format carries the sub-network's recalibrated BN statistics
+    (`X-BN-Calibrated: true`); while a worker computes them the answer is **503 with Retry-After** (never the
+    uncalibrated statistics; `curl --retry` retries it). Without calibration images the supernet's sliced
+    statistics are served with `X-BN-Calibrated: false` and `X-BN-Calibration-Setting` naming the setting."""
     row, sn, eng, cfg = _load(s, store, subnet_id)
     store.require_weights(sn.name)
-    art = await run_in_threadpool(eng.artifact, row.id, cfg, format)
+    bn = calibration.served_bn(s, eng, store.settings, celery, row.id)   # 503 + Retry-After while pending
+    art = await run_in_threadpool(eng.artifact, row.id, cfg, format, bn)
     size, etag = art.total_size, f'"{art.sha256}"'
     filename = f"{sn.name}-{row.id}.{art.extension}"
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{filename}"',
-               "X-Content-SHA256": art.sha256}
+               "X-Content-SHA256": art.sha256, **calibration.headers(bn)}
     inm = request.headers.get("if-none-match")
     if inm and etag in [t.strip() for t in inm.split(",")]:
         return Response(status_code=304, headers=headers)

@@ -3,17 +3,29 @@ predictors, kept in memory; sub-network weights are streamed from them via ofa_c
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from sqlalchemy.exc import IntegrityError
 
 from ofa_core.spec import get_spec
 from service.engine.adapter import SupernetEngine
+from service.engine.calibration import ImageSets
 from service.errors import SupernetNotFound, WeightsMissing
 from service.settings import Settings
 from . import repository
 
 log = logging.getLogger("ofa.store")
+PREDICTOR_EXTENSIONS = (".safetensors", ".pth")
+
+
+def registered_predictor(var_dir: str, name: str) -> str | None:
+    """A predictor registered with `ofa register-predictor` (kept in the data directory), if any."""
+    for ext in PREDICTOR_EXTENSIONS:
+        path = os.path.join(var_dir, "predictors", name + ext)
+        if os.path.exists(path):
+            return path
+    return None
 
 
 class SupernetStore:
@@ -33,13 +45,20 @@ class SupernetStore:
                 log.error("unknown supernet in OFA_SUPERNETS", extra={"supernet": name})
                 continue
             weights = self.settings.weights.get(name) or spec.resolve_weights()
-            predictor = self.settings.predictors.get(name) or spec.predictor_path
+            predictor = (self.settings.predictors.get(name) or spec.predictor_path
+                         or registered_predictor(self.settings.var_dir, name))
             try:
                 eng = SupernetEngine(spec, weights, predictor)
             except Exception as e:  # a corrupt file must not stop the service; report it instead
                 log.exception("supernet failed to load", extra={"supernet": name})
                 self.errors[name] = f"{type(e).__name__}: {e}"
                 eng = SupernetEngine(spec, None, None)
+            try:   # BN-calibration / evaluation images (settings, else packaged): keys now, decoded on first use
+                eng.image_sets = ImageSets.from_settings(spec, self.settings)
+            except Exception as e:
+                log.exception("calibration images failed to load", extra={"supernet": name})
+                self.errors[name] = f"calibration images: {type(e).__name__}: {e}"
+                eng.image_sets = ImageSets(spec, None, None)
             self.engines[name] = eng
             log.info("supernet registered", extra={"supernet": name, "version": eng.version,
                                                    "weights": weights if eng.has_weights else None,
@@ -62,7 +81,28 @@ class SupernetStore:
         eng = self.engines.get(name)
         if eng is None:
             raise SupernetNotFound(name, sorted(self.engines))
+        if not eng.search_ready and not self.settings.predictors.get(name):
+            eng = self._pick_up_predictor(name, eng)
         return eng
+
+    def _pick_up_predictor(self, name: str, eng: SupernetEngine) -> SupernetEngine:
+        """A predictor registered (`ofa register-predictor`) while this process runs is loaded on first use."""
+        path = registered_predictor(self.settings.var_dir, name)
+        if path is None:
+            return eng
+        with self._lock:
+            if self.engines[name].search_ready:
+                return self.engines[name]
+            try:
+                new = SupernetEngine(eng.spec, eng.weights_path, path)
+            except Exception as e:
+                self.errors[name] = f"{type(e).__name__}: {e}"
+                return eng
+            if hasattr(eng, "image_sets"):
+                new.image_sets = eng.image_sets
+            self.engines[name] = new
+            log.info("registered predictor loaded", extra={"supernet": name, "predictor": path})
+            return new
 
     def require_weights(self, name: str) -> SupernetEngine:
         eng = self.get(name)
@@ -77,4 +117,5 @@ class SupernetStore:
                 "has_weights": eng.has_weights, "search_ready": eng.search_ready,
                 "weights_file": eng.weights_path, "predictor_file": eng.predictor_path,
                 "weights_env": eng.spec.weights_env, "load_error": self.errors.get(name),
+                "bn_calibration": eng.image_sets.describe() if getattr(eng, "image_sets", None) else None,
                 "spec": eng.spec.to_dict()}

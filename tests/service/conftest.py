@@ -50,7 +50,14 @@ def redis_url():
 
 
 @pytest.fixture(scope="session")
-def settings_factory(assets, tmp_path_factory):
+def image_sets(tmp_path_factory):
+    """(calibration, evaluation) .npz files of 200 images each, cut from the packaged ones."""
+    from ofa_service_assets import make_image_sets
+    return make_image_sets(str(tmp_path_factory.mktemp("image_sets")))
+
+
+@pytest.fixture(scope="session")
+def settings_factory(assets, image_sets, tmp_path_factory):
     from service.settings import Settings
     w, p = assets
 
@@ -61,7 +68,9 @@ def settings_factory(assets, tmp_path_factory):
                     predictors={"ofa_mbv3_cifar10": p,
                                 "ofa_mbv3_d234_e346_k357_w1.2": os.path.join(SHARED, "acc_predictor.pth")},
                     log_level="WARNING", pareto_points=8, pareto_population=16, pareto_generations=5,
-                    default_population=16, default_generations=5, sse_poll_s=0.05, broker_publish_timeout_s=1.0)
+                    default_population=16, default_generations=5, sse_poll_s=0.05, broker_publish_timeout_s=1.0,
+                    calibration_data={"ofa_mbv3_cifar10": image_sets[0]},
+                    evaluation_data={"ofa_mbv3_cifar10": image_sets[1]})
         if backend == "sqlite":
             base["database_url"] = db_url or f"sqlite:///{d}/ofa.sqlite"
             base["broker_url"] = broker_url or f"sqla+sqlite:///{d}/broker.sqlite"

@@ -59,3 +59,18 @@ def synthetic_table(scale: float = 1.0) -> dict:
             t[k] = {"count": 10, "mean": scale * (0.01 + 0.001 * h) * (r / 32), "std": 0.001}
         out[str(r)] = t
     return {"resolutions": out}
+
+
+def make_image_sets(d: str, n_calib: int = 200, n_eval: int = 200) -> tuple[str, str]:
+    """Small BN-calibration / evaluation sets for the service tests: the first images of the packaged ones."""
+    from ofa_core.imagepack import packaged_sets, save_encoded
+    out = []
+    for which, n in (("calibration", n_calib), ("evaluation", n_eval)):
+        path = os.path.join(d, f"test_{which}_{n}.npz")
+        if not os.path.exists(path):
+            with np.load(packaged_sets(SPEC)[which], allow_pickle=False) as z:
+                blob, off = z["jpeg"], z["offsets"]
+                enc = [blob[off[i]:off[i + 1]].tobytes() for i in range(n)]
+                save_encoded(path, enc, z["labels"][:n], [str(c) for c in z["classes"]])
+        out.append(path)
+    return out[0], out[1]
