@@ -1,4 +1,6 @@
-"""`ofa` command line: migrate, create-api-key, import-table, profile-host, serve, worker."""
+"""`ofa` command line: migrate, create-api-key, import-table, register-predictor, profile-host, specialize,
+serve, worker. Every command uses the one data directory of the settings (absolute; `OFA_VAR_DIR`), so it works
+from any working directory; a user mistake prints one line naming the problem (exit 2), not a traceback."""
 from __future__ import annotations
 
 import argparse
@@ -35,9 +37,18 @@ def _redact(url: str) -> str:
         return url
 
 
+def _ready_database(s) -> None:
+    """The embedded SQLite database is created and migrated on first use (PostgreSQL: `ofa migrate`)."""
+    os.makedirs(s.var_dir, exist_ok=True)
+    if s.database_url.startswith("sqlite"):
+        from service.db.migrate import upgrade
+        upgrade(s.database_url)
+
+
 def cmd_create_api_key(args) -> int:
     from service.auth.service import create_api_key
     from service.db.session import Database
+    _ready_database(_settings())
     key = create_api_key(Database(_settings().database_url), args.name)
     print(key)
     print("store this key now; only its hash is kept", file=sys.stderr)
@@ -48,6 +59,7 @@ def _store_and_db():
     from service.db.session import Database
     from service.supernets.store import SupernetStore
     s = _settings()
+    _ready_database(s)
     db = Database(s.database_url)
     store = SupernetStore(s).load()
     store.sync_db(db)
@@ -64,25 +76,69 @@ def _enqueue_front(s, device_id, table_id, supernet) -> None:
 def cmd_import_table(args) -> int:
     from service.devices import repository as repo
     from service.devices import service as dsvc
-    s, db, store = _store_and_db()
-    supernet = args.supernet or s.default_supernet
+    from service.engine.tables import table_sha256
+    if not os.path.isdir(args.directory):
+        raise FileNotFoundError(2, "no such directory", args.directory)
     files = sorted(f for f in os.listdir(args.directory) if f.endswith(("_lookup_table.yaml", "_lookup_table.json")))
     if not files:
-        print(f"{args.directory}: no <r>_lookup_table.yaml files", file=sys.stderr)
-        return 2
+        raise ValueError(f"{args.directory}: no <r>_lookup_table.yaml (or .json) files in this directory")
+    s, db, store = _store_and_db()
+    supernet = args.supernet or s.default_supernet
     docs = [(open(os.path.join(args.directory, f), "rb").read(), None, f) for f in files]
     table = dsvc.parse_upload(store, supernet, docs)
+    source = os.path.abspath(args.directory)
     with db.session() as sess:
         d = repo.get_by_name(sess, args.device)
+        if d is not None and d.supernet.name != supernet:
+            raise ValueError(f"device {args.device!r} has tables for supernet {d.supernet.name!r}, not {supernet!r} "
+                             f"(pass --supernet {d.supernet.name})")
+        cur = repo.current_table(sess, d) if d is not None else None
+        if cur is not None and cur.sha256 == table_sha256(table):
+            print(f"device {args.device}: unchanged (identical to table version {cur.version}, sha256 "
+                  f"{cur.sha256[:12]}); nothing imported")
+            return 0
         if d is None:
             d, t = dsvc.create_device(sess, store, args.device, supernet, args.description or "", table,
-                                      kind="uploaded", source="imported", provenance={"imported_from": args.directory})
+                                      kind="uploaded", source="imported", provenance={"imported_from": source})
         else:
-            t = dsvc.add_version(sess, d, table, "imported", {"imported_from": args.directory})
+            t = dsvc.add_version(sess, d, table, "imported", {"imported_from": source})
         ids = (d.id, t.id, t.version)
     print(f"device {args.device}: table version {ids[2]} ({sum(len(v) for v in table.values())} operators, "
           f"resolutions {sorted(table)})")
     _enqueue_front(s, ids[0], ids[1], supernet)
+    return 0
+
+
+def cmd_register_predictor(args) -> int:
+    """Copy an accuracy predictor into the data directory, where the service (and its workers, also while they
+    run) find it for that supernet unless OFA_PREDICTORS names another file."""
+    import shutil
+    from ofa_core.spec import get_spec
+    from service.engine.adapter import SupernetEngine
+    from service.supernets.store import PREDICTOR_EXTENSIONS
+    s = _settings()
+    try:
+        spec = get_spec(args.supernet)
+    except KeyError:
+        raise ValueError(f"unknown supernet {args.supernet!r} (served: {', '.join(s.supernets)})") from None
+    if not os.path.isfile(args.file):
+        raise FileNotFoundError(2, "no such file", args.file)
+    ext = os.path.splitext(args.file)[1]
+    if ext not in PREDICTOR_EXTENSIONS:
+        raise ValueError(f"{args.file}: a predictor is a .safetensors file or the published .pth")
+    try:
+        eng = SupernetEngine(spec, None, os.path.abspath(args.file))
+    except Exception as e:
+        raise ValueError(f"{args.file} is not a predictor for {args.supernet}: {type(e).__name__}: {e}") from None
+    folder = os.path.join(s.var_dir, "predictors")
+    os.makedirs(folder, exist_ok=True)
+    for old in PREDICTOR_EXTENSIONS:
+        if os.path.exists(os.path.join(folder, args.supernet + old)):
+            os.remove(os.path.join(folder, args.supernet + old))
+    dest = os.path.join(folder, args.supernet + ext)
+    shutil.copyfile(args.file, dest)
+    print(f"predictor for {args.supernet} registered: {dest} (supernet version {eng.version}); a running service "
+          f"loads it on the next request")
     return 0
 
 
@@ -141,45 +197,97 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from service.logging import configure_logging
-    p = argparse.ArgumentParser(prog="ofa", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("migrate", help="alembic upgrade head (the prestart step)")
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every option's default (where it has one)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from service import cli_specialize
+    p = argparse.ArgumentParser(prog="ofa", description=__doc__, formatter_class=_Help)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    add = lambda name, help, **kw: sub.add_parser(name, help=help, description=help, formatter_class=_Help, **kw)  # noqa: E731
+    m = add("migrate", "alembic upgrade head (the prestart step)")
     m.add_argument("--revision", default="head")
     m.add_argument("--downgrade", metavar="REV", help="downgrade to REV (e.g. base) instead")
     m.set_defaults(fn=cmd_migrate)
-    k = sub.add_parser("create-api-key", help="create an API key for write endpoints (printed once)")
+    k = add("create-api-key", "create an API key for write endpoints (printed once)")
     k.add_argument("--name", default="default")
     k.set_defaults(fn=cmd_create_api_key)
-    t = sub.add_parser("import-table", help="import <r>_lookup_table.yaml files as a device's new table version")
+    t = add("import-table", "import <r>_lookup_table.yaml files as a device's new table version (an identical "
+                            "table is not imported again)")
     t.add_argument("device")
     t.add_argument("directory")
-    t.add_argument("--supernet")
+    t.add_argument("--supernet", help="default: the service's default supernet")
     t.add_argument("--description")
     t.set_defaults(fn=cmd_import_table)
-    h = sub.add_parser("profile-host", help="measure this host's latency table and register it as a device")
-    h.add_argument("--device")
-    h.add_argument("--supernet")
-    h.add_argument("--repeats", type=int, help="timed runs of each covering network (default 40)")
+    r = add("register-predictor", "register an accuracy predictor file for a supernet (copied into the data "
+                                  "directory; e.g. the published w1.2 acc_predictor.pth)")
+    r.add_argument("supernet")
+    r.add_argument("file")
+    r.set_defaults(fn=cmd_register_predictor)
+    h = add("profile-host", "measure this host's latency table and register it as a device")
+    h.add_argument("--device", help="default: the setting host_device_name")
+    h.add_argument("--supernet", help="default: the service's default supernet")
+    h.add_argument("--repeats", type=int, help="timed runs of each covering network (default of the profiler: 40)")
     h.add_argument("--check", type=int, default=20,
                    help="random sub-networks timed end to end alongside; their agreement is stored (0: none)")
     h.set_defaults(fn=cmd_profile_host)
-    sv = sub.add_parser("serve", help="embedded default: SQLite + serverless broker, API + worker")
+    cli_specialize.add_parser(sub, _Help)
+    sv = add("serve", "embedded default: SQLite + serverless broker, API + worker")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--concurrency", type=int, default=1)
-    sv.add_argument("--no-profile", action="store_true")
-    sv.add_argument("--repeats", type=int)
+    sv.add_argument("--no-profile", action="store_true", help="do not measure this host on first start")
+    sv.add_argument("--repeats", type=int, help="profiler repeats on first start (default of the profiler: 40)")
     sv.set_defaults(fn=cmd_serve)
-    w = sub.add_parser("worker", help="run a Celery worker")
+    w = add("worker", "run a Celery worker")
     w.add_argument("--concurrency", type=int, default=1)
     w.add_argument("--pool", default="prefork")
     w.set_defaults(fn=cmd_worker)
-    args = p.parse_args(argv)
+    return p
+
+
+def _user_error(e: BaseException) -> str | None:
+    """One line naming the problem for a user mistake (or an unreachable dependency); None for a bug."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+    from service.client import ClientError
+    from service.errors import ServiceError
+    if isinstance(e, ServiceError):
+        where = {k: v for k, v in e.details.items() if k in ("key", "line", "field") and v is not None}
+        return e.message + (f" ({', '.join(f'{k} {v}' for k, v in where.items())})" if where else "")
+    if isinstance(e, ClientError):
+        return str(e)
+    if isinstance(e, (OperationalError, ProgrammingError)):
+        first = str(e.orig if getattr(e, "orig", None) else e).splitlines()[0]
+        return f"database {_redact(_settings().database_url)}: {first} (is it reachable and migrated? `ofa migrate`)"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, (ValueError, OSError, TimeoutError)):
+        return str(e)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from service.logging import configure_logging
+    args = _parser().parse_args(argv)
     s = _settings()
     configure_logging(s.log_level, s.log_json)
-    return int(args.fn(args) or 0)
+    try:
+        return int(args.fn(args) or 0)
+    except KeyboardInterrupt:
+        print(f"ofa {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        msg = _user_error(e)
+        if msg is None:
+            raise
+        print(f"ofa {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
