@@ -265,16 +265,19 @@ class _Fit:
 
     def __init__(self, layout: OperatorLayout, F: np.ndarray, names: list[str], zs, enc: np.ndarray,
                  y: np.ndarray, lam: float | None = None, subset: str | None = None,
-                 hyper: dict[str, float] | None = None, select: bool = True, seed: int = 0, criterion: str = "loo"):
+                 hyper: dict[str, float] | None = None, select: bool = True, seed: int = 0, criterion: str = "loo",
+                 sweeps: int = 2):
         A = layout.counts(enc)
         AF = np.asarray(A @ F)
+        self.criterion = criterion
         self.theta, self.lam, self.subset, wt = fit_basis(AF, y, names, lam, subset, seed=seed)
         m = F @ self.theta
         pos = m[m > 0]
         m = np.maximum(m, 1e-3 * (np.median(pos) if len(pos) else 1.0))
         self.m = m
         k = _kernels(layout, A, y, m, F, self.theta, zs, wt)
-        self.hyper = select_hyper(k, hyper, criterion=criterion) if select else dict(hyper or DEFAULT_HYPER)
+        self.hyper = (select_hyper(k, hyper, sweeps=sweeps, criterion=criterion) if select
+                      else dict(hyper or DEFAULT_HYPER))
         self.x = _posterior(layout, k, m, F, self.theta, zs, self.hyper)
 
 
@@ -326,8 +329,9 @@ def fit_calibration(spec: SupernetSpec, enc: np.ndarray, measured_ms: np.ndarray
 
 def cross_validate(layout, F, names, zs, enc, y, full: "_Fit", folds: int = 5, seed: int = 0
                    ) -> dict[str, float] | None:
-    """Held-out agreement of refits on K-1 folds (ridge, feature set and hyper-parameters fixed to the full
-    fit's, so slightly optimistic for tiny N)."""
+    """Held-out agreement of refits on K-1 folds, each choosing its own ridge, feature set and
+    hyper-parameters (nested: nothing of the held-out fold is seen; the hyper-parameter search starts from the
+    full fit's and runs one sweep)."""
     n = len(y)
     k = min(folds, n)
     if k < 2 or n < 4:
@@ -336,8 +340,8 @@ def cross_validate(layout, F, names, zs, enc, y, full: "_Fit", folds: int = 5, s
     pred = np.empty(n)
     for f in range(k):
         tr, te = fold != f, fold == f
-        fit = _Fit(layout, F, names, zs, enc[tr], y[tr], lam=full.lam, subset=full.subset, hyper=full.hyper,
-                   select=False, seed=seed)
+        fit = _Fit(layout, F, names, zs, enc[tr], y[tr], seed=seed, criterion=full.criterion, hyper=full.hyper,
+                   sweeps=1)
         pred[te] = np.asarray(layout.counts(enc[te]) @ fit.x).reshape(-1)
     return {**agreement(pred, y), "folds": int(k)}
 

@@ -10,6 +10,7 @@ Note10 tables and tables measured on this host for any registered supernet (see 
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -68,6 +69,11 @@ def fixed_operator_keys(spec: SupernetSpec, r: int) -> list[str]:
 
 def block_operator_key(spec: SupernetSpec, r: int, block: int, ks: int, e: int) -> str:
     """Key of elastic block `block` (0-based, i.e. supernet `blocks.{block+1}`) with kernel ks, expand e at r."""
+    return _block_operator_key(spec, int(r), int(block), int(ks), int(e))
+
+
+@functools.lru_cache(maxsize=65536)   # tables of every resolution walk every key; the geometry never changes
+def _block_operator_key(spec: SupernetSpec, r: int, block: int, ks: int, e: int) -> str:
     cin, cout, stride, act, se = spec.block_in_out()[block]
     f = spec.feature_sizes(r)[block]
     fo = int((f - 1) / stride + 1)
@@ -79,12 +85,17 @@ def block_operator_key(spec: SupernetSpec, r: int, block: int, ks: int, e: int) 
 
 def required_operator_keys(spec: SupernetSpec, r: int) -> list[str]:
     """Every distinct operator key any sub-network of `spec` can use at resolution r (sorted, unique)."""
+    return list(_required_operator_keys(spec, int(r)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _required_operator_keys(spec: SupernetSpec, r: int) -> tuple[str, ...]:
     keys = set(fixed_operator_keys(spec, r))
     for b in range(spec.n_blocks):
         for k in spec.ks_list:
             for e in spec.expand_list:
                 keys.add(block_operator_key(spec, r, b, k, e))
-    return sorted(keys)
+    return tuple(sorted(keys))
 
 
 def parse_operator_key(key: str) -> dict[str, Any]:
