@@ -48,6 +48,7 @@ TAU_GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
 NOISE_GRID = (0.01, 0.02, 0.04, 0.08, 0.15)
 RIDGE_GRID = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 MAX_TIMINGS = 20000
+MIN_SELECT = 5          # fewer timings: no feature / hyper-parameter selection (prior rescaled, defaults)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -140,6 +141,9 @@ def fit_basis(AF: np.ndarray, y: np.ndarray, names: Sequence[str], lam: float | 
             "family": np.array([i for i, nm in enumerate(names) if nm.startswith(FAMILY_SUBSET)])}
     if any(nm.startswith("prior_") for nm in names):     # the prior table rescaled (blocks, fixed operators)
         sets["prior"] = np.array([i for i, nm in enumerate(names) if nm.startswith("prior_")])
+    if n < MIN_SELECT and (lam is None or subset is None):   # too few to choose: rescale the prior / anchor
+        subset = subset or ("prior" if "prior" in sets else "family")
+        lam = lam if lam is not None else RIDGE_GRID[-1]
     if lam is None or subset is None:
         k = n if n <= 30 else min(folds, n)          # leave-one-out while it is cheap and K-fold is noisy
         fold = np.random.default_rng(seed).permutation(n) % k
@@ -276,7 +280,7 @@ class _Fit:
         m = np.maximum(m, 1e-3 * (np.median(pos) if len(pos) else 1.0))
         self.m = m
         k = _kernels(layout, A, y, m, F, self.theta, zs, wt)
-        self.hyper = (select_hyper(k, hyper, sweeps=sweeps, criterion=criterion) if select
+        self.hyper = (select_hyper(k, hyper, sweeps=sweeps, criterion=criterion) if select and len(y) >= MIN_SELECT
                       else dict(hyper or DEFAULT_HYPER))
         self.x = _posterior(layout, k, m, F, self.theta, zs, self.hyper)
 
@@ -364,6 +368,72 @@ def calibrate(prior: LatencyTable | None, enc: np.ndarray, measured_ms: np.ndarr
         raise ValueError("pass a prior table or spec=")
     return fit_calibration(prior.spec if prior is not None else spec, enc, measured_ms, prior=prior,
                            environment=environment, **kw).table
+
+
+# ----------------------------------------------------------------------------------------------------
+# Which configs to time next
+# ----------------------------------------------------------------------------------------------------
+def _relative_loads(layout: OperatorLayout, A: sp.csr_matrix, m: np.ndarray, F: np.ndarray, theta: np.ndarray,
+                    zs: dict[str, sp.csr_matrix], hyper: dict[str, float]) -> tuple[np.ndarray, sp.csr_matrix]:
+    """Dense [tau_c * U_c] of the low-rank components and the sparse tau_op * A m, rows relative to A m."""
+    inv = sp.diags(1.0 / np.maximum(np.asarray(A @ m).reshape(-1), 1e-300))
+    Am = (inv @ A @ sp.diags(m)).tocsr()
+    parts = [hyper["basis"] * np.asarray(inv @ A @ (F * theta[None, :]))]
+    parts += [hyper[g] * (Am @ zs[g]).toarray() for g in FAMILIES]
+    return np.hstack(parts), Am * hyper["op"]
+
+
+def suggest_configs(spec: SupernetSpec, n: int, *, table: LatencyTable | None = None,
+                    observed: np.ndarray | None = None, hyper: dict[str, float] | None = None,
+                    resolutions: Sequence[int] | None = None, batch_size: int = 1, pool: int = 2000,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The `n` configs (from a random pool) whose timings would most reduce the model's relative predictive
+    variance, chosen greedily, each as if its timing were known before the next is chosen (so they spread over
+    the feature space and the families), conditioned on the configs already timed (`observed`).
+
+    `table`: the current table (its means are the model's mean; without one the cost-model features set the
+    shape); `hyper`: the model's prior variances (default: `DEFAULT_HYPER`). Returns (encoded configs, their
+    relative predictive standard deviation before any of them is timed)."""
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    res = tuple(resolutions) if resolutions is not None else (table.resolutions if table is not None
+                                                               else spec.resolutions)
+    layout = layout_for(spec, tuple(sorted(int(r) for r in res)), int(batch_size))
+    hyper = {**DEFAULT_HYPER, **(hyper or {})}
+    rng = np.random.default_rng(seed)
+    cand = spec.sample_encoded(max(pool, n), rng, layout.resolutions)
+    cand = np.unique(cand, axis=0)
+    obs = np.zeros((0, spec.enc_width), dtype=np.int32) if observed is None else layout.check_resolutions(observed)
+    F = layout.F
+    if table is not None:
+        m = np.maximum(layout.from_table(table), 1e-12)
+        theta = nnls(F / m[:, None], np.ones(len(m)), maxiter=50 * F.shape[1])[0]
+    else:
+        scale = np.asarray(layout.counts(cand) @ F).mean(axis=0)
+        theta = np.where(scale > 0, 1.0 / np.where(scale > 0, scale, 1.0), 0.0) / max((scale > 0).sum(), 1)
+        m = np.maximum(F @ theta, 1e-12)
+    zs = {g: _one_hot(layout.groups[g]) for g in FAMILIES}
+    A = layout.counts(np.concatenate([obs, cand]))
+    low, Am = _relative_loads(layout, A, m, F, theta, zs, hyper)
+    C = low @ low.T + (Am @ Am.T).toarray()
+    no, s2 = len(obs), hyper["noise"] ** 2
+    if no:
+        Koo = C[:no, :no] + s2 * np.eye(no)
+        X = sla.cho_solve(sla.cho_factor(Koo, lower=True), C[:no, no:])
+        C = C[no:, no:] - C[no:, :no] @ X
+    else:
+        C = C.copy()
+    sd0 = np.sqrt(np.maximum(np.diag(C), 0.0))
+    chosen: list[int] = []
+    var = np.diag(C).copy()
+    for _ in range(min(n, len(cand))):
+        var[chosen] = -np.inf
+        j = int(np.argmax(var))
+        chosen.append(j)
+        c = C[:, j].copy()
+        C -= np.outer(c, c) / (c[j] + s2)
+        var = np.diag(C).copy()
+    return cand[chosen], sd0[chosen]
 
 
 # ----------------------------------------------------------------------------------------------------
