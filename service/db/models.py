@@ -51,6 +51,20 @@ class LatencyTable(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     n_entries: Mapped[int] = mapped_column(Integer)
     resolutions: Mapped[list[int]] = mapped_column(JSON)
+    batch_size: Mapped[int] = mapped_column(Integer, default=1, server_default="1")   # latencies are per batch
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DeviceTiming(Base):
+    """A whole-network timing posted for calibration (ms per batch of `batch_size`); calibrations refit on all of
+    a device's timings at that batch size."""
+    __tablename__ = "device_timings"
+    __table_args__ = (Index("ix_device_timings_device_batch", "device_id", "batch_size"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    batch_size: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    latency_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, inspect
 from ofa_service_testlib import PG_HOST, PG_USER, ROOT, RUN
 
 TABLES = {"supernets", "devices", "latency_tables", "latency_entries", "jobs", "subnets", "pareto_fronts", "api_keys",
-          "subnet_calibrations"}
+          "subnet_calibrations", "device_timings"}
 
 
 def _roundtrip(url: str) -> None:
