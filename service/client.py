@@ -43,6 +43,7 @@ class ServiceError(ClientError):
         self.code = err.get("code", "http_error")
         self.message = err.get("message") or (body if isinstance(body, str) else json.dumps(body))[:500]
         self.details = {k: v for k, v in err.items() if k not in ("code", "message")}
+        self.retry_after: float | None = None
         super().__init__(f"{status} {self.code}: {self.message}")
 
 
@@ -88,8 +89,17 @@ def _raise_for(resp: httpx.Response) -> None:
         body = resp.json()
     except ValueError:
         body = resp.text
-    raise _BY_STATUS.get(resp.status_code, ServiceError)(resp.status_code, body, resp.request.method,
-                                                         str(resp.request.url))
+    err = _BY_STATUS.get(resp.status_code, ServiceError)(resp.status_code, body, resp.request.method,
+                                                        str(resp.request.url))
+    err.retry_after = _retry_after(resp) if "retry-after" in resp.headers else None
+    raise err
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    try:
+        return min(max(float(resp.headers["retry-after"]), 0.2), 10.0)
+    except ValueError:
+        return 2.0
 
 
 def _sse(lines: Iterable[str]) -> Iterator[tuple[str, dict]]:
@@ -310,6 +320,18 @@ class Client:
             body["supernet"] = supernet
         return Job(self, self._request("POST", "/specialize", json=body).json())
 
+    def _when_ready(self, method: str, path: str, wait_s: float = 600.0, **kw) -> httpx.Response:
+        """A request repeated while the service answers 503 with Retry-After (for example while a sub-network's
+        BN statistics are being recalibrated), up to `wait_s` seconds."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._request(method, path, **kw)
+            except Unavailable as e:
+                if e.status != 503 or time.monotonic() > deadline or e.retry_after is None:
+                    raise
+                time.sleep(e.retry_after)
+
     # -- downloads --------------------------------------------------------------------------------------
     def download(self, subnet_id: str, path: str | os.PathLike = ".", format: str = "safetensors",
                  chunk: int = 1 << 20) -> Path:
@@ -319,7 +341,7 @@ class Client:
         if format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}")
         url = f"/subnets/{subnet_id}/checkpoint"
-        head = self._request("HEAD", url, params={"format": format})
+        head = self._when_ready("HEAD", url, params={"format": format})
         etag, want = head.headers.get("etag", ""), head.headers.get("x-content-sha256", "")
         target = Path(path)
         if target.is_dir():
@@ -331,6 +353,9 @@ class Client:
             headers = {"Range": f"bytes={have}-", "If-Range": etag} if have and etag else {}
             try:
                 with self._http.stream("GET", url, params={"format": format}, headers=headers) as resp:
+                    if resp.status_code == 503 and "retry-after" in resp.headers:
+                        time.sleep(_retry_after(resp))
+                        continue
                     if resp.status_code == 416:
                         part.unlink(missing_ok=True)
                         continue

@@ -118,3 +118,6 @@ def sqlite_env(settings_factory, shared_store):
     e = _make_env(settings_factory("sqlite"), shared_store)
     yield e
     e.client.__exit__(None, None, None)
+
+
+from ofa_live import live_service  # noqa: E402,F401  (session fixture: a running `ofa serve`)
