@@ -6,7 +6,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from ofa_core.latency import LatencyEntry as Entry
-from service.db.models import Device, LatencyEntry, LatencyTable, ParetoFront, Supernet
+from service.db.models import Device, DeviceTiming, LatencyEntry, LatencyTable, ParetoFront, Supernet
 from service.engine.tables import Table
 
 
@@ -39,12 +39,13 @@ def create(s: Session, name: str, supernet_id: int, description: str, kind: str)
     return d
 
 
-def add_table(s: Session, device: Device, table: Table, source: str, provenance: dict[str, Any], sha: str
-              ) -> LatencyTable:
+def add_table(s: Session, device: Device, table: Table, source: str, provenance: dict[str, Any], sha: str,
+              batch_size: int = 1) -> LatencyTable:
     """A new table version, one row per operator; the device's current version moves to it."""
     version = (s.scalar(select(func.max(LatencyTable.version)).where(LatencyTable.device_id == device.id)) or 0) + 1
     row = LatencyTable(device_id=device.id, version=version, source=source, provenance=provenance, sha256=sha,
-                       n_entries=sum(len(t) for t in table.values()), resolutions=sorted(table))
+                       n_entries=sum(len(t) for t in table.values()), resolutions=sorted(table),
+                       batch_size=int(batch_size))
     s.add(row)
     s.flush()
     s.execute(insert(LatencyEntry), [
@@ -66,6 +67,39 @@ def with_current_table(s: Session, name: str) -> tuple[Device, LatencyTable] | N
 def current_table(s: Session, device: Device) -> LatencyTable | None:
     return s.scalar(select(LatencyTable).where(LatencyTable.device_id == device.id,
                                                LatencyTable.version == device.current_version))
+
+
+def table_for_batch(s: Session, device: Device, batch_size: int, exclude_source: str | None = None
+                    ) -> LatencyTable | None:
+    """The newest table version timed at `batch_size` (optionally not of one source)."""
+    stmt = select(LatencyTable).where(LatencyTable.device_id == device.id, LatencyTable.batch_size == batch_size)
+    if exclude_source:
+        stmt = stmt.where(LatencyTable.source != exclude_source)
+    return s.scalar(stmt.order_by(LatencyTable.version.desc()).limit(1))
+
+
+def batch_sizes(s: Session, device: Device) -> list[int]:
+    return sorted(int(b) for b in s.scalars(select(LatencyTable.batch_size).where(
+        LatencyTable.device_id == device.id).distinct()))
+
+
+def with_table_for_batch(s: Session, name: str, batch_size: int) -> tuple[Device, LatencyTable | None] | None:
+    d = get_by_name(s, name)
+    return None if d is None else (d, table_for_batch(s, d, batch_size))
+
+
+def add_timings(s: Session, device: Device, batch_size: int, rows: list[tuple[dict[str, Any], float]]) -> None:
+    if rows:
+        s.execute(insert(DeviceTiming), [{"device_id": device.id, "batch_size": int(batch_size), "config": c,
+                                          "latency_ms": float(ms)} for c, ms in rows])
+
+
+def timings(s: Session, device: Device, batch_size: int, limit: int) -> list[tuple[dict[str, Any], float]]:
+    """The newest `limit` timings of a device at a batch size, oldest first."""
+    rows = s.execute(select(DeviceTiming.config, DeviceTiming.latency_ms).where(
+        DeviceTiming.device_id == device.id, DeviceTiming.batch_size == batch_size)
+        .order_by(DeviceTiming.id.desc()).limit(limit)).all()
+    return [(dict(c), float(ms)) for c, ms in reversed(rows)]
 
 
 def table_version(s: Session, device: Device, version: int) -> LatencyTable | None:
