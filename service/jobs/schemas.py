@@ -108,6 +108,9 @@ class SpecializeRequest(BaseModel):
                                                  "{\"fraction_of_range\": 0.3})")
     accuracy_floor: float | None = Field(None, ge=0, le=1)
     options: SearchOptions = Field(default_factory=SearchOptions)
+    batch_size: int | None = Field(None, ge=1, le=4096, description="search with the device's newest table timed at "
+                                   "this batch size (latency budgets are then per batch); default: the current "
+                                   "table's")
     use_pareto: bool = Field(True, description="allow an answer from the device's stored Pareto front")
 
 

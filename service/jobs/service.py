@@ -130,6 +130,11 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
     if found is None:
         raise DeviceNotFound(body.device)
     device, table = found
+    if body.batch_size is not None and body.batch_size != table.batch_size:
+        table = device_repo.table_for_batch(s, device, body.batch_size)
+        if table is None:
+            raise ValidationFailed("batch_size", f"device {device.name!r} has no latency table for batch size "
+                                   f"{body.batch_size} (it has {device_repo.batch_sizes(s, device)})")
     supernet = body.supernet or device.supernet.name      # default: the supernet the device's table is for
     eng = store.get(supernet)
     if device.supernet.name != supernet:
@@ -148,7 +153,7 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
                "generations": body.options.generations or settings.default_generations,
                "seed": body.options.seed if body.options.seed is not None else 0}
     request = {"supernet": supernet, "device": device.name, "constraints": constraints,
-               "accuracy_floor": body.accuracy_floor, "options": options}
+               "accuracy_floor": body.accuracy_floor, "options": options, "batch_size": int(table.batch_size)}
     if body.constraints.relative():
         request["relative_constraints"] = body.constraints.relative()
     h = request_hash({**request, "supernet_version": eng.version, "table_id": table.id,
