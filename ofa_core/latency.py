@@ -294,12 +294,31 @@ class LatencyTable:
 
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike, spec: SupernetSpec | str | None = None) -> "LatencyTable":
+        """A `pathlib.Path` (any os.PathLike) is read as a file; a str is always JSON text, never a path. Prefer
+        the explicit `from_json_file` / `from_json_text`."""
         text = _read_maybe_path(path_or_text)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise LatencyTableError(f"JSON syntax error at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+            hint = ("; a str is JSON text - to read a file use LatencyTable.from_json_file(path)"
+                    if isinstance(path_or_text, str) and not path_or_text.lstrip().startswith(("{", "[")) else "")
+            raise LatencyTableError(f"JSON syntax error at line {exc.lineno} column {exc.colno}: {exc.msg}{hint}"
+                                    ) from None
         return cls.from_dict(data, spec)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike, spec: SupernetSpec | str | None = None) -> "LatencyTable":
+        """A table from a JSON file (what `to_json(path)` writes); `path` may be a str."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise LatencyTableError(f"expected a path, got {type(path).__name__}")
+        return cls.from_json(pathlib.Path(path), spec)
+
+    @classmethod
+    def from_json_text(cls, text: str, spec: SupernetSpec | str | None = None) -> "LatencyTable":
+        """A table from JSON text (what `to_json()` returns)."""
+        if not isinstance(text, str):
+            raise LatencyTableError(f"expected JSON text (str), got {type(text).__name__}")
+        return cls.from_json(text, spec)
 
     def to_yaml(self, r: int) -> str:
         """The published per-resolution YAML text for resolution r."""
