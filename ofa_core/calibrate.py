@@ -143,7 +143,7 @@ def fit_basis(AF: np.ndarray, y: np.ndarray, names: Sequence[str], lam: float | 
         sets["prior"] = np.array([i for i, nm in enumerate(names) if nm.startswith("prior_")])
     if n < MIN_SELECT and (lam is None or subset is None):   # too few to choose: rescale the prior / anchor
         subset = subset or ("prior" if "prior" in sets else "family")
-        lam = lam if lam is not None else RIDGE_GRID[-1]
+        lam = lam if lam is not None else (RIDGE_GRID[0] if subset == "prior" else RIDGE_GRID[-1])
     if lam is None or subset is None:
         k = n if n <= 30 else min(folds, n)          # leave-one-out while it is cheap and K-fold is noisy
         fold = np.random.default_rng(seed).permutation(n) % k
