@@ -119,11 +119,31 @@ def docs_assets_dir() -> str:
     return str(importlib.resources.files("fastapi_offline") / "static")
 
 
+REDOC_JS = "/static/redoc/redoc.standalone.js"
+REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+def _offline_redoc() -> bytes:
+    """The shipped ReDoc bundle with its one remote image (the side menu's vendor logo) pointed at our favicon,
+    so that /redoc makes no request outside this service."""
+    import os
+    with open(os.path.join(docs_assets_dir(), "redoc.standalone.js"), "rb") as f:
+        return f.read().replace(REDOC_CDN_LOGO, f"{DOCS_STATIC}/favicon.png".encode())
+
+
 def install_docs(app) -> None:
     """`/docs` (Swagger UI, with "Authorize" for the API key) and `/redoc` served from shipped assets."""
     from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.responses import Response
     from fastapi.staticfiles import StaticFiles
     app.openapi = lambda: openapi_schema(app)
+    redoc_js = _offline_redoc()
+
+    @app.get(REDOC_JS, include_in_schema=False)
+    def redoc_bundle():
+        return Response(redoc_js, media_type="application/javascript",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
     app.mount(DOCS_STATIC, StaticFiles(directory=docs_assets_dir()), name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
@@ -132,10 +152,11 @@ def install_docs(app) -> None:
                                    swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
                                    swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
                                    swagger_favicon_url=f"{DOCS_STATIC}/favicon.png",
-                                   swagger_ui_parameters={"persistAuthorization": True, "tryItOutEnabled": True})
+                                   swagger_ui_parameters={"persistAuthorization": True, "tryItOutEnabled": True,
+                                                          "validatorUrl": None})
 
     @app.get("/redoc", include_in_schema=False)
     def redoc():
         return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
-                              redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
+                              redoc_js_url=REDOC_JS,
                               redoc_favicon_url=f"{DOCS_STATIC}/favicon.png", with_google_fonts=False)

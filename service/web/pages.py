@@ -90,7 +90,7 @@ def dashboard(s: SessionDep, store: StoreDep):
             + (table(JOB_HEADERS, _job_rows(jobs)) if jobs else "<p>No jobs yet.</p>")
             + f'<p><a class="button" href="/ui/specialize">Specialize a sub-network</a> <a href="/ui/jobs">all jobs</a>'
             + f'</p></section><section><h2>Supernets</h2><ul>{sn}</ul></section>')
-    return _page("Devices", body, "/")
+    return _page("Dashboard", body, "/")
 
 
 def _front_section(points: list[dict[str, Any]] | None, device: str) -> str:
@@ -134,8 +134,9 @@ def _timings_form(device: str | None, devices: list[str] | None = None) -> str:
                 f'<option>{esc(n)}</option>' for n in devices or []) + "</select></label>")
     return f"""<section aria-labelledby="tim-h"><h2 id="tim-h">Calibrate from measured timings</h2>
 <form id="timings-form" class="stack">{pick}
-<label>timings file (JSON <code>{{"timings": [{{"config": ..., "latency_ms": ...}}]}}</code>)
-<input type="file" name="file" accept=".json,application/json"></label>
+<p class="hint">JSON: <code>{{"timings": [{{"config": {{"ks": [...], "e": [...], "d": [...], "r": 32}},
+"latency_ms": 1.9}}, ...]}}</code>, whole networks timed on the device.</p>
+<label>timings file <input type="file" name="file" accept=".json,application/json"></label>
 <label>or paste them <textarea name="text" rows="4" spellcheck="false"></textarea></label>
 <button type="submit">Post timings</button><output name="result" aria-live="polite"></output></form></section>"""
 

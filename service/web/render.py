@@ -103,7 +103,7 @@ def scatter_svg(points: list[dict[str, Any]], x: str, y: str = "accuracy", chart
         grid.append(f'<line class="grid" x1="{pad_l}" x2="{w - pad_r}" y1="{sy(t):.1f}" y2="{sy(t):.1f}"/>'
                     f'<text class="tick" x="{pad_l - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{100 * t:.1f}</text>')
     order = sorted(range(len(points)), key=lambda i: xs[i])
-    line = " ".join(f"{sx(xs[i]):.1f},{sy(ys[i]):.1f}" for i in order)
+    line = " ".join(f"{sx(xs[i]):.1f},{sy(ys[i]):.1f}" for i in order) if x == "latency_ms" else ""  # the front's axis
     dots = "".join(
         f'<circle class="pt" data-i="{i}" cx="{sx(xs[i]):.1f}" cy="{sy(ys[i]):.1f}" r="5" tabindex="0" role="button" '
         f'aria-label="sub-network {i + 1}: accuracy {esc(fmt_metric(y, ys[i]))}, {esc(METRIC_LABELS[x])} '
@@ -124,9 +124,13 @@ def subnet_card(result: dict[str, Any], has_weights: bool, heading: str = "Resul
     metrics = [("predicted accuracy", fmt_metric("accuracy", result.get("predicted_accuracy")))]
     metrics += [(METRIC_LABELS[k], fmt_metric(k, result.get(k if k != "latency_ms" else "predicted_latency_ms")))
                 for k in METRIC_LABELS]
-    metrics += [(k.replace("_", " "), fmt_metric(k, v)) for k, v in result.items()
-                if k.startswith("measured") and not isinstance(v, dict)]
+    metrics += [(k.replace("_", " "), fmt_metric(k, v) if k.startswith("measured_acc") else esc(v))
+                for k, v in result.items()
+                if k.startswith("measured") and v is not None and not isinstance(v, (dict, list))]
     dl = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(a)}</dd></div>" for k, a in metrics)
+    if result.get("bn_calibrated") is not None:
+        dl += (f"<div><dt>BN statistics</dt><dd>{'recalibrated' if result['bn_calibrated'] else 'pending'}"
+               f"</dd></div>")
     cfg = result.get("config", {})
     if has_weights:
         buttons = "".join(f'<a class="button dl" data-format="{f}" href="/subnets/{esc(sid)}/checkpoint?format={f}" '

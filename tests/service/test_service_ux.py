@@ -13,12 +13,13 @@ def test_docs_are_served_offline(sqlite_env):
         page = c.get(path)
         assert page.status_code == 200
         assert "cdn" not in page.text.lower() and "googleapis" not in page.text
-        assets = re.findall(r'(?:src|href)="(/static/docs/[^"]+)"', page.text)
+        assets = re.findall(r'(?:src|href)="(/static/(?:docs|redoc)/[^"]+)"', page.text)
         assert assets, page.text
         for a in assets:                      # every script and style sheet comes from this service
             r = c.get(a)
             assert r.status_code == 200 and len(r.content) > 1000, a
         assert not re.findall(r'(?:src|href)="https?://', page.text)
+    assert b"cdn.redoc.ly" not in c.get("/static/redoc/redoc.standalone.js").content
 
 
 def test_openapi_declares_the_api_key_on_writes(sqlite_env):
@@ -117,6 +118,11 @@ def test_dashboard_pages(sqlite_env):
     assert c.get("/ui/specialize?device=pages").status_code == 200
     assert 'id="upload-form"' in c.get("/ui/upload").text
     assert c.get("/ui/devices/ghost").status_code == 404 and c.get("/ui/jobs/nope").status_code == 404
-    # names are escaped
-    e.add_device("x<b>")
-    assert "x<b>" not in c.get("/").text and "x&lt;b&gt;" in c.get("/").text
+    # what users wrote is escaped
+    import json
+    from ofa_service_assets import synthetic_table
+    r = c.post("/devices?name=esc&description=%3Cscript%3Ealert(1)%3C/script%3E", content=json.dumps(synthetic_table()),
+               headers={**e.h, "content-type": "application/json"})
+    assert r.status_code == 201, r.text
+    page = c.get("/ui/devices/esc").text
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page

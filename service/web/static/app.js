@@ -134,6 +134,16 @@
     const xy = points.map(([g, a]) => `${(P + (g - g0) / (g1 - g0) * (W - 2 * P)).toFixed(1)},` +
       `${(H - P - (a - a0) / (a1 - a0) * (H - 2 * P)).toFixed(1)}`);
     svg.querySelector("polyline").setAttribute("points", xy.join(" "));
+    let labels = svg.querySelector("g.labels");
+    if (!labels) {
+      labels = document.createElementNS("http://www.w3.org/2000/svg", "g");
+      labels.setAttribute("class", "labels");
+      svg.append(labels);
+    }
+    const text = (x, y, s, anchor) => `<text class="lbl" x="${x}" y="${y}" text-anchor="${anchor}">${s}</text>`;
+    labels.innerHTML = text(P + 2, P + 10, `${(100 * a1).toFixed(2)} %`, "start") +
+      text(P + 2, H - P - 2, `${(100 * a0).toFixed(2)} %`, "start") +
+      text(W - P, H - P - 2, `generation ${g1}`, "end");
   }
 
   function setupJob() {
