@@ -36,15 +36,16 @@ def parse_timings(spec: SupernetSpec, timings: list[dict[str, Any]], field: str 
 
 
 def _resolutions(spec: SupernetSpec, requested: list[int] | None, base) -> tuple[int, ...]:
-    if base is not None:
-        return tuple(base.resolutions)
+    """The calibrated table's resolutions: as requested (within the prior table's, if there is one), else the
+    prior table's, else all of the supernet's."""
     if requested:
-        bad = [r for r in requested if r not in spec.resolutions]
+        allowed = list(base.resolutions) if base is not None else list(spec.resolutions)
+        bad = [r for r in requested if r not in allowed]
         if bad:
-            raise ValidationFailed("resolutions", f"{bad[0]} is not a resolution of {spec.name} "
-                                   f"({list(spec.resolutions)})")
+            what = f"the prior table (version {base.version})" if base is not None else spec.name
+            raise ValidationFailed("resolutions", f"{bad[0]} is not a resolution of {what} ({allowed})")
         return tuple(sorted(set(int(r) for r in requested)))
-    return tuple(spec.resolutions)
+    return tuple(base.resolutions) if base is not None else tuple(spec.resolutions)
 
 
 def _check_in(enc: np.ndarray, resolutions: tuple[int, ...], offset: int) -> None:

@@ -4,18 +4,20 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from service.auth.service import ApiKeyDep
 from service.db.session import SessionDep
 from service.deps import SettingsDep, StoreDep
 from service.engine import tables as T
-from service.errors import MalformedTable, PayloadTooLarge, ValidationFailed
+from service.errors import DeviceNotFound, MalformedTable, PayloadTooLarge, ValidationFailed
 from service.jobs import queue as Q
 from service.openapi import errors
+from . import calibration
 from . import repository as repo
 from . import service
-from .schemas import DeviceOut, DevicePage, TimingsIn
+from .schemas import DeviceOut, DevicePage, SuggestOut, TimingsIn
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 TABLE_BODY = {"requestBody": {"content": {
@@ -32,7 +34,11 @@ TIMINGS_BODY = {"requestBody": {"required": True, "content": {"application/json"
                                                               "properties": {"config": {"type": "object"},
                                                                              "latency_ms": {"type": "number",
                                                                                             "exclusiveMinimum": 0}}}},
-        "description": {"type": "string"}}},
+        "description": {"type": "string"},
+        "batch_size": {"type": "integer", "minimum": 1, "description": "batch the timings were taken at"},
+        "supernet": {"type": "string", "description": "with ?create=true: the new device's supernet"},
+        "resolutions": {"type": "array", "items": {"type": "integer"},
+                        "description": "resolutions of the table when there is no prior table"}}},
     "example": TimingsIn.model_config["json_schema_extra"]["examples"][0]}}}}
 TABLE_TEXT = {"application/yaml": {"example": "resolutions:\n  '32':\n    Conv-input:32x32x3-output:16x16x8:\n"
                                               "      count: 10\n      mean: 0.05\n      std: 0.001\n"},
@@ -153,13 +159,23 @@ async def new_version(name: str, request: Request, s: SessionDep, store: StoreDe
 
 
 @router.post("/{name}/timings", response_model=DeviceOut, status_code=201, openapi_extra=TIMINGS_BODY,
-             summary="Calibrate from whole-network timings", responses=errors(401, 404, 413, 422))
+             summary="Calibrate from whole-network timings", responses=errors(401, 404, 409, 413, 422))
 async def timings(name: str, request: Request, s: SessionDep, store: StoreDep, settings: SettingsDep,
-                  _key: ApiKeyDep):
-    """Whole-network timings `{"timings": [{"config": {...}, "latency_ms": x}, ...]}` -> a calibrated table version
-    (ofa_core.calibrate: per-operator NNLS fit pulled towards the current version)."""
+                  _key: ApiKeyDep, create: bool = Query(False, description="create the device from these timings "
+                                                                         "alone (cost-model prior) if it is new")):
+    """Whole-network timings `{"timings": [{"config": {...}, "latency_ms": x}, ...], "batch_size": 1}` -> a
+    calibrated table version at that batch size (ms per batch). The timings are stored with the device and every
+    calibration refits on all of them (ofa_core.calibrate: cost-model basis + hierarchical per-family and
+    per-operator residual, prior chosen by cross-validation between the cost model and the newest uncalibrated
+    table at that batch size). The version's provenance records N, the method and the 5-fold cross-validated
+    held-out agreement. With `?create=true` a new device (body field `supernet`, default the service's) is
+    created from the timings alone."""
     data = await _read_limited(request, settings.max_timings_bytes)
-    d = service.get_device(s, name)
+    return await run_in_threadpool(_timings_work, request, s, store, settings, name, data, create)
+
+
+def _timings_work(request: Request, s, store, settings, name: str, data: bytes, create: bool = False):
+    """POST /devices/{name}/timings after the body is read: parse, fit, store (in a worker thread)."""
     try:
         doc = T.load_document(data)
     except T.TableError as e:
@@ -169,7 +185,33 @@ async def timings(name: str, request: Request, s: SessionDep, store: StoreDep, s
     except ValidationError as e:
         err = e.errors()[0]
         raise ValidationFailed(".".join(str(p) for p in err["loc"]) or "body", err["msg"]) from None
-    table, prov = service.calibrate(store, s, d, [t.model_dump() for t in body.timings])
-    t = service.add_version(s, d, table, "calibrated", prov, body.description)
+    d = repo.get_by_name(s, name)
+    if d is None and create:
+        d, t = service.create_from_timings(store, s, name, body.supernet or settings.default_supernet, body)
+    else:
+        d = service.get_device(s, name)
+        if body.supernet and body.supernet != d.supernet.name:
+            raise ValidationFailed("supernet", f"device {name!r} is for supernet {d.supernet.name!r}")
+        t = service.calibrate(store, s, d, body)
     _enqueue_front(request, d.id, t.id, d.supernet.name)
     return service.device_out(s, d, detail=True)
+
+
+@router.get("/{name}/timings/suggest", response_model=SuggestOut, summary="Which configs to time next",
+            responses=errors(404, 422))
+def suggest_timings(name: str, s: SessionDep, store: StoreDep, settings: SettingsDep,
+                    n: int = Query(20, ge=1, le=200), batch_size: int | None = Query(None, ge=1, le=4096),
+                    seed: int = Query(0, ge=0, le=2**31 - 1),
+                    supernet: str | None = Query(None, max_length=128, description="for a device not created yet")):
+    """The `n` configs whose timings would teach the calibration model most: greedily the largest relative
+    predictive variance, each pick conditioned on the previous picks and on the timings already stored, so they
+    spread over the operator families. Time them (ms per batch of `batch_size`) and post them to
+    `POST /devices/{name}/timings` (with `?create=true` for a new device; give `supernet` here for one)."""
+    d = repo.get_by_name(s, name)
+    if d is None and supernet is None:
+        raise DeviceNotFound(name)
+    if d is not None and supernet is not None and supernet != d.supernet.name:
+        raise ValidationFailed("supernet", f"device {name!r} is for supernet {d.supernet.name!r}")
+    out = calibration.suggest(store, s, d, supernet or d.supernet.name, n, batch_size, seed)
+    out["device"] = name
+    return out

@@ -7,12 +7,11 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ofa_core.calibrate import calibrate as fit_table
-from ofa_core.spec import ConfigError, SubnetConfig
 from service.engine import tables as T
 from service.errors import DeviceExists, DeviceNotFound, MalformedTable, SupernetNotFound, ValidationFailed
 from service.supernets import repository as supernet_repo
 from service.supernets.store import SupernetStore
+from . import calibration
 from . import repository as repo
 from .schemas import DeviceOut, TableVersion
 
@@ -60,36 +59,42 @@ def create_device(s: Session, store: SupernetStore, name: str, supernet: str, de
 
 
 def add_version(s: Session, device, table: T.Table, source: str, provenance: dict | None = None,
-                description: str | None = None):
+                description: str | None = None, batch_size: int = 1):
     if description is not None:
         device.description = description
-    t = repo.add_table(s, device, table, source, provenance or {}, T.table_sha256(table))
+    t = repo.add_table(s, device, table, source, provenance or {}, T.table_sha256(table), batch_size=batch_size)
     s.commit()
     return t
 
 
-def calibrate(store: SupernetStore, s: Session, device, timings: list[dict[str, Any]]) -> tuple[T.Table, dict]:
-    """Whole-network timings -> a calibrated table (ofa_core.calibrate: NNLS with a pull towards the current one)."""
-    eng = store.get(device.supernet.name)
-    current = repo.current_table(s, device)
-    table = repo.load_entries(s, current.id)
-    cfgs = []
-    for i, t in enumerate(timings):
-        try:
-            cfgs.append(SubnetConfig.from_dict(eng.spec, t["config"]))
-        except ConfigError as e:
-            raise ValidationFailed(f"timings[{i}].config.{e.field}", e.message) from None
-        if cfgs[-1].r not in table:
-            raise ValidationFailed(f"timings[{i}].config.r", f"resolution {cfgs[-1].r} is not in the device's table "
-                                   f"({sorted(table)})")
-    enc = np.stack([c.encode() for c in cfgs])
-    measured = np.array([float(t["latency_ms"]) for t in timings])
-    prior = eng.efficiency(current.id, lambda: table).latency_table
-    fitted = fit_table(prior, enc, measured)
-    after = np.asarray(fitted.predict(enc))
-    return fitted.tables, {"method": "ofa_core.calibrate", "n_timings": len(cfgs), "based_on_version": current.version,
-                           "mean_rel_error_after": float((np.abs(after - measured) / measured).mean()),
-                           "environment": fitted.environment}
+def calibrate(store: SupernetStore, s: Session, device, body) -> Any:
+    """Posted timings (stored with the device) -> a new calibrated table version at their batch size."""
+    table, rows, batch, prov = calibration.fit_device(store, s, device, device.supernet.name,
+                                                      [t.model_dump() for t in body.timings], body.batch_size,
+                                                      body.resolutions)
+    repo.add_timings(s, device, batch, rows)
+    return add_version(s, device, table, "calibrated", prov, body.description, batch_size=batch)
+
+
+def create_from_timings(store: SupernetStore, s: Session, name: str, supernet: str, body):
+    """A new device whose first table is calibrated from its timings alone (cost-model prior); commits."""
+    if not name or len(name) > 128 or any(c in name for c in "/?#% "):
+        raise ValidationFailed("name", "a device name is 1-128 characters without / ? # % or spaces")
+    sn = _supernet_row(s, store, supernet)
+    if repo.get_by_name(s, name) is not None:
+        raise DeviceExists(name)
+    table, rows, batch, prov = calibration.fit_device(store, s, None, supernet,
+                                                      [t.model_dump() for t in body.timings], body.batch_size,
+                                                      body.resolutions)
+    try:
+        d = repo.create(s, name, sn.id, body.description or "", "calibrated")
+        t = repo.add_table(s, d, table, "calibrated", prov, T.table_sha256(table), batch_size=batch)
+        repo.add_timings(s, d, batch, rows)
+        s.commit()
+    except IntegrityError:
+        s.rollback()
+        raise DeviceExists(name) from None
+    return d, t
 
 
 def device_out(s: Session, d, detail: bool = False) -> DeviceOut:
@@ -97,7 +102,8 @@ def device_out(s: Session, d, detail: bool = False) -> DeviceOut:
                     current_version=d.current_version, created_at=d.created_at, updated_at=d.updated_at)
     if detail:
         out.versions = [TableVersion(version=t.version, source=t.source, sha256=t.sha256, n_entries=t.n_entries,
-                                     resolutions=t.resolutions, provenance=t.provenance, created_at=t.created_at)
+                                     resolutions=t.resolutions, batch_size=t.batch_size, provenance=t.provenance,
+                                     created_at=t.created_at)
                         for t in repo.versions(s, d)]
         cur = repo.current_table(s, d)
         front = repo.front_for(s, d.supernet_id, cur.id) if cur else None
