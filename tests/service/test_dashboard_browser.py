@@ -62,6 +62,7 @@ def _shot(pg, name: str) -> str:
 
 
 def _paint_ms(pg) -> float:
+    pg.wait_for_function("performance.getEntriesByType('paint').length > 0", timeout=5000)
     return pg.evaluate("""() => { const e = performance.getEntriesByType('paint');
         const f = e.find(x => x.name === 'first-contentful-paint') || e[0]; return f ? f.startTime : -1; }""")
 
