@@ -95,6 +95,22 @@ def _api_routes(routes):
             yield from _api_routes(inner)
 
 
+PATH_EXAMPLES = {"name": "host-cpu", "device": "host-cpu"}   # the device every fresh service has
+
+
+def _parameter_examples(doc: dict[str, Any]) -> None:
+    """Path parameters get examples that work on a fresh service ("Try it out" fills them in): the host's
+    device, the default supernet; ids come from earlier answers (`Location`, `result.subnet_id`)."""
+    for path, ops in doc["paths"].items():
+        for op in ops.values():
+            for p in op.get("parameters", []):
+                if p.get("in") == "path" and "example" not in p and "examples" not in p:
+                    if path.startswith("/supernets/"):
+                        p["example"] = "ofa_mbv3_cifar10"
+                    elif p["name"] in PATH_EXAMPLES:
+                        p["example"] = PATH_EXAMPLES[p["name"]]
+
+
 def openapi_schema(app) -> dict[str, Any]:
     """The app's OpenAPI document with the API key declared as a security scheme on every endpoint that
     requires it (found from the endpoints' dependencies, so a new write endpoint is covered by itself)."""
@@ -103,6 +119,7 @@ def openapi_schema(app) -> dict[str, Any]:
     from fastapi.openapi.utils import get_openapi
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     doc.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    _parameter_examples(doc)
     uses = {r.unique_id: _key_use(r.dependant) for r in _api_routes(app.routes)}
     for ops in doc["paths"].values():
         for op in ops.values():

@@ -1,8 +1,9 @@
 """The one settings object of the service. Every value comes from the environment (prefix ``OFA_``).
 
-Embedded defaults need no external service: SQLite under the data directory (``default_var_dir``) and a serverless kombu transport
-(SQLAlchemy over a SQLite file) as the Celery broker. Production sets ``OFA_DATABASE_URL`` to PostgreSQL and
-``OFA_BROKER_URL`` to Redis. Job progress (SSE) is read from the database, so it works on both.
+Embedded defaults need no external service: SQLite under the data directory (``default_var_dir``) and a
+serverless kombu transport (SQLAlchemy over a SQLite file) as the Celery broker. Production sets
+``OFA_DATABASE_URL`` to PostgreSQL and ``OFA_BROKER_URL`` to Redis. Job progress (SSE) is read from the
+database, so it works on both.
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ class Settings(BaseSettings):
                              "'beyond_defaults' (anonymous requests may only use the default options), 'none'")
     rate_limit_searches: int = Field(60, description="POST /specialize per key (or client address) per window; 0: off")
     rate_limit_window_s: float = 60.0
+    specialize_concurrency: int = Field(8, description="POST /specialize requests prepared at once (others wait)")
     host_device_name: str = "host-cpu"
     log_level: str = "INFO"
     log_json: bool = True

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service.validation import NAME_PATTERN
 
 
 class RelativeBudget(BaseModel):
@@ -26,6 +29,10 @@ class RelativeBudget(BaseModel):
         if self.times_min is not None:
             return lo * self.times_min
         return lo + self.fraction_of_range * (hi - lo)
+
+
+# the largest budget accepted (a larger one is a typo or an attack: it would still mean "anything")
+MAX_BUDGET = {"latency_ms": 1e6, "macs": 1e15, "params": 1e15, "peak_memory_bytes": 1e15}
 
 
 class Constraints(BaseModel):
@@ -61,6 +68,8 @@ class Constraints(BaseModel):
             raise ValueError('Input should be a valid number, or {"times_min": x} / {"fraction_of_range": f}')
         if not v > 0:
             raise ValueError("Input should be greater than 0")
+        if not math.isfinite(v) or v > MAX_BUDGET[info.field_name]:
+            raise ValueError(f"Input should be a finite number at most {MAX_BUDGET[info.field_name]:g}")
         if info.field_name != "latency_ms":
             if float(v) != int(v):
                 raise ValueError("Input should be a whole number")
@@ -90,23 +99,25 @@ class Constraints(BaseModel):
 
 class SearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    population: int | None = Field(None, ge=4, le=1000)
-    generations: int | None = Field(None, ge=1, le=2000)
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    population: int | None = Field(None, ge=4, le=1000, strict=True)
+    generations: int | None = Field(None, ge=1, le=2000, strict=True)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, strict=True)
 
 
 class SpecializeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"device": "host-cpu", "constraints": {"latency_ms": {"times_min": 1.5}}, "options": {"seed": 0}},
-        {"device": "host-cpu", "constraints": {"latency_ms": 5.0}, "accuracy_floor": 0.5,
-         "options": {"population": 100, "generations": 100, "seed": 0}},
+        {"device": "host-cpu", "constraints": {"latency_ms": {"fraction_of_range": 0.5}, "macs": {"times_min": 3}},
+         "accuracy_floor": 0.3, "options": {"population": 100, "generations": 100, "seed": 0}},
+        {"device": "host-cpu", "constraints": {"latency_ms": 5.0}, "options": {"seed": 1}},
         {"supernet": "ofa_mbv3_d234_e346_k357_w1.2", "device": "note10", "constraints": {"latency_ms": 25}}]})
-    supernet: str | None = Field(None, description="registered supernet; default: the device's supernet")
-    device: str = Field(min_length=1, max_length=128)
+    supernet: str | None = Field(None, pattern=NAME_PATTERN,
+                                 description="registered supernet; default: the device's supernet")
+    device: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
     constraints: Constraints = Field(description="at least one of latency_ms, macs, params, peak_memory_bytes; each "
                                                  "absolute or relative to the device ({\"times_min\": 1.5} or "
                                                  "{\"fraction_of_range\": 0.3})")
-    accuracy_floor: float | None = Field(None, ge=0, le=1)
+    accuracy_floor: float | None = Field(None, ge=0, le=1, strict=True)
     options: SearchOptions = Field(default_factory=SearchOptions)
     batch_size: int | None = Field(None, ge=1, le=4096, description="search with the device's newest table timed at "
                                    "this batch size (latency budgets are then per batch); default: the current "

@@ -220,6 +220,7 @@ def job_page(job_id: str, s: SessionDep, store: StoreDep):
 <figure class="chart small"><svg id="progress-chart" viewBox="0 0 460 160" role="img"
  aria-label="best predicted accuracy per generation"><polyline class="frontline" points=""/></svg>
 <figcaption>best predicted accuracy per generation <span id="best-acc"></span></figcaption></figure></section>
+{"" if done else '<p><button id="cancel-job" type="button" class="secondary">Cancel this job</button></p>'}
 <div id="job-outcome" aria-live="polite">{card}{_error_words(out.error)}</div>
 {json_script("job-data", {"id": out.id, "status": out.status, "done": done})}"""
     return _page(f"Job {job_id[:12]}", body, "/ui/jobs")

@@ -110,6 +110,7 @@ def test_dashboard_front_specialize_download(page, live_service):
     page.click("summary:text('search options')")
     page.uncheck("input[name=use_pareto]")
     page.fill("input[name=seed]", "3")
+    _shot(page, "specialize-form.png")
     page.click("#specialize-form button[type=submit]")
     page.wait_for_url("**/ui/jobs/*")
     page.wait_for_selector("body[data-job-done]", timeout=300_000)

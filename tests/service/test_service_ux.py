@@ -126,3 +126,24 @@ def test_dashboard_pages(sqlite_env):
     assert r.status_code == 201, r.text
     page = c.get("/ui/devices/esc").text
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+
+
+def test_openapi_examples_work(sqlite_env):
+    """What "Try it out" sends: the specialize examples and the timings example succeed on a fresh service's kind
+    of device; path parameters have examples."""
+    e = sqlite_env
+    e.add_device("host-cpu")
+    doc = e.client.get("/openapi.json").json()
+    spec_body = doc["components"]["schemas"]["SpecializeRequest"]["examples"]
+    for ex in spec_body:
+        if ex["device"] != "host-cpu":
+            continue
+        r = e.client.post("/specialize", json=ex, headers=e.h)
+        assert r.status_code in (200, 202), (ex, r.text)
+    timings = doc["paths"]["/devices/{name}/timings"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    name = next(p for p in doc["paths"]["/devices/{name}/timings"]["post"]["parameters"] if p["name"] == "name")
+    r = e.client.post(f"/devices/{name['example']}/timings", json=timings, headers=e.h)
+    assert r.status_code == 201, r.text
+    sn = next(p for p in doc["paths"]["/supernets/{name}"]["get"]["parameters"] if p["name"] == "name")
+    assert e.client.get(f"/supernets/{sn['example']}").status_code == 200
+    assert e.client.get(f"/devices/{name['example']}/latency-table").status_code == 200

@@ -53,7 +53,7 @@
       const card = $("#point-card");
       card.innerHTML = "<p>loading sub-network...</p>";
       const resp = await fetch("/specialize", {
-        method: "POST", headers: { "content-type": "application/json" },
+        method: "POST", headers: { ...keyHeaders(), "content-type": "application/json" },
         body: JSON.stringify({ device: front.device, constraints: { latency_ms: p.latency_ms }, use_pareto: true }),
       });
       if (!resp.ok) { card.textContent = await errorText(resp); return; }
@@ -113,7 +113,8 @@
       say(form, "submitting...");
       try {
         const resp = await fetch("/specialize", {
-          method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+          method: "POST", headers: { ...keyHeaders(), "content-type": "application/json" },
+          body: JSON.stringify(body),
         });
         if (!resp.ok) { say(form, await errorText(resp), true); return; }
         const job = await resp.json();
@@ -153,6 +154,8 @@
     const svg = $("#progress-chart"), bar = $("#job-progress"), gen = $("#gen"), best = $("#best-acc");
     const points = [];
     const finish = async (status) => {
+      const c = $("#cancel-job");
+      if (c) c.remove();
       const badge = $("main .badge");
       if (badge) { badge.textContent = status; badge.className = `badge ${status}`; }
       const resp = await fetch(`/ui/jobs/${job.id}/card`);
@@ -169,6 +172,14 @@
       document.body.dataset.jobDone = job.status;
       sessionStorage.removeItem("ofa-submitted-at");
       return;
+    }
+    const cancel = $("#cancel-job");
+    if (cancel) {
+      cancel.addEventListener("click", async () => {
+        const resp = await fetch(`/jobs/${job.id}`, { method: "DELETE", headers: keyHeaders() });
+        if (!resp.ok) toast(await errorText(resp), true);
+        else toast("cancel requested");
+      });
     }
     const es = new EventSource(`/jobs/${job.id}/events`);
     es.addEventListener("progress", (ev) => {
