@@ -361,15 +361,17 @@ def rmse_pp(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def train_predictor(enc: np.ndarray, acc: np.ndarray, spec: SupernetSpec | str, *, encoding: str = "onehot",
-                    val_fraction: float = 0.2, epochs: int = 200, batch_size: int = 500, lr: float = 1e-3,
+                    val_fraction: float = 0.2, epochs: int = 600, batch_size: int = 256, lr: float = 1e-3,
                     weight_decay: float = 1e-4, hidden: int = 400, n_layers: int = 3, seed: int = 0,
-                    max_seconds: float | None = None, progress: Callable[[int, float], None] | None = None
-                    ) -> tuple[AccuracyPredictor, dict[str, float]]:
-    """Fit the MLP with the authors' recipe (Adam lr 1e-3, wd 1e-4, batch <= 500-1000, output bias = mean acc).
+                    max_seconds: float | None = None, progress: Callable[[int, float], None] | None = None,
+                    val_indices: np.ndarray | None = None) -> tuple[AccuracyPredictor, dict[str, float]]:
+    """Fit the MLP with the authors' recipe (Adam lr 1e-3, wd 1e-4, output bias = mean acc); 600 epochs of
+    batch 256 by default (on ~2,200 measured sub-networks clearly better held-out RMSE than 200 epochs of 500).
 
     Seeded; `epochs` (and optionally `max_seconds`) bound the run. Returns (predictor, metrics) where metrics holds
-    held-out RMSE in percentage points and Kendall tau (on `val_fraction` of the rows, split by the seed), plus the
-    training-set figures and the epoch with the best held-out loss (whose weights are kept).
+    held-out RMSE in percentage points and Kendall tau (on `val_indices` if given, else `val_fraction` of the rows
+    split by the seed), plus the training-set figures and the epoch with the best held-out loss (whose weights are
+    kept).
     """
     spec = get_spec(spec) if isinstance(spec, str) else spec
     enc = canonicalize_encoded(spec, np.asarray(enc))
@@ -382,8 +384,17 @@ def train_predictor(enc: np.ndarray, acc: np.ndarray, spec: SupernetSpec | str, 
         raise PredictorError("accuracies must be finite and on a 0..1 scale")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(acc))
-    n_val = max(1, int(round(val_fraction * len(acc)))) if val_fraction > 0 else 0
-    val_idx, tr_idx = perm[:n_val], perm[n_val:]
+    if val_indices is not None:
+        val_idx = np.unique(np.asarray(val_indices, dtype=np.int64))
+        if len(val_idx) and (val_idx.min() < 0 or val_idx.max() >= len(acc)):
+            raise PredictorError("validation indices outside the data")
+        tr_idx = perm[~np.isin(perm, val_idx)]
+        n_val = len(val_idx)
+        if len(tr_idx) == 0:
+            raise PredictorError("no training rows left after the validation split")
+    else:
+        n_val = max(1, int(round(val_fraction * len(acc)))) if val_fraction > 0 else 0
+        val_idx, tr_idx = perm[:n_val], perm[n_val:]
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

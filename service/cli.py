@@ -207,7 +207,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from service import cli_specialize
+    from service import cli_predictor, cli_specialize
     p = argparse.ArgumentParser(prog="ofa", description=__doc__, formatter_class=_Help)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     add = lambda name, help, **kw: sub.add_parser(name, help=help, description=help, formatter_class=_Help, **kw)  # noqa: E731
@@ -238,6 +238,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="random sub-networks timed end to end alongside; their agreement is stored (0: none)")
     h.set_defaults(fn=cmd_profile_host)
     cli_specialize.add_parser(sub, _Help)
+    cli_predictor.add_parser(sub, _Help)
     sv = add("serve", "embedded default: SQLite + serverless broker, API + worker")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
