@@ -31,7 +31,7 @@ def add_parser(sub, formatter) -> None:
                                    "(or the fastest reaching --accuracy-floor), follow its progress, print the "
                                    "result and optionally download the weights. Budgets: "
                                    + BUDGET_HELP.replace("%%", "%") + ".")
-    p.add_argument("device")
+    p.add_argument("device", help="device name (see GET /devices)")
     for key, label in METRICS:
         p.add_argument("--" + key.replace("_", "-"), type=parse_budget, metavar="BUDGET", help=f"{label} budget: {BUDGET_HELP}" if key == "latency_ms" else f"{label} budget")
     p.add_argument("--accuracy-floor", type=float, help="fastest sub-network whose predicted accuracy reaches this")
@@ -43,7 +43,8 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--url", default=os.environ.get("OFA_URL", "http://127.0.0.1:8000"), help="service URL ($OFA_URL)")
     p.add_argument("--api-key", help="API key; default: $OFA_API_KEY")
     p.add_argument("--download", metavar="PATH", help="download the weights to this file or directory")
-    p.add_argument("--format", default="safetensors", choices=("safetensors", "pt", "torchscript", "onnx"))
+    p.add_argument("--format", default="safetensors", choices=("safetensors", "pt", "torchscript", "onnx"),
+                   help="download format")
     p.add_argument("--json", action="store_true", help="print the job as JSON (for scripts)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the result")
