@@ -46,7 +46,8 @@ DEFAULT_HYPER = {"basis": 0.3, "layer": 0.1, "layer_kernel": 0.03, "layer_expand
                  "resolution_stage": 0.03, "op": 0.1, "noise": 0.02}
 TAU_GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
 NOISE_GRID = (0.01, 0.02, 0.04, 0.08, 0.15)
-RIDGE_GRID = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+RIDGE_GRID = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1)
+ANCHOR_RIDGE = 10.0     # fewer than MIN_SELECT timings and no prior: close to the equal-share anchor
 MAX_TIMINGS = 20000
 MIN_SELECT = 5          # fewer timings: no feature / hyper-parameter selection (prior rescaled, defaults)
 
@@ -143,7 +144,7 @@ def fit_basis(AF: np.ndarray, y: np.ndarray, names: Sequence[str], lam: float | 
         sets["prior"] = np.array([i for i, nm in enumerate(names) if nm.startswith("prior_")])
     if n < MIN_SELECT and (lam is None or subset is None):   # too few to choose: rescale the prior / anchor
         subset = subset or ("prior" if "prior" in sets else "family")
-        lam = lam if lam is not None else (RIDGE_GRID[0] if subset == "prior" else RIDGE_GRID[-1])
+        lam = lam if lam is not None else (RIDGE_GRID[0] if subset == "prior" else ANCHOR_RIDGE)
     if lam is None or subset is None:
         k = n if n <= 30 else min(folds, n)          # leave-one-out while it is cheap and K-fold is noisy
         fold = np.random.default_rng(seed).permutation(n) % k

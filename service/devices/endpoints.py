@@ -95,6 +95,18 @@ async def _table_docs(request: Request, limit: int, fmt: str | None) -> tuple[li
     return [(data, _fmt(ct, fmt), None)], {}
 
 
+def _batch(fields: dict, batch_size: int | None) -> int:
+    """The upload's batch size: the multipart field or the query parameter, default 1."""
+    raw = fields.get("batch_size", batch_size)
+    try:
+        b = int(raw) if raw is not None else 1
+    except (TypeError, ValueError):
+        raise ValidationFailed("batch_size", f"must be an integer, got {str(raw)[:40]!r}") from None
+    if not 1 <= b <= 4096:
+        raise ValidationFailed("batch_size", f"must be between 1 and 4096, got {b}")
+    return b
+
+
 def _enqueue_front(request: Request, device_id: int, table_id: int, supernet: str) -> None:
     Q.publish_front(request.app.state.celery, request.app.state.settings, device_id, table_id, supernet)
 
@@ -131,7 +143,9 @@ def get_table(name: str, s: SessionDep, format: Literal["yaml", "json"] = "yaml"
              responses=errors(401, 404, 409, 413, 422))
 async def create_device(request: Request, s: SessionDep, store: StoreDep, settings: SettingsDep, _key: ApiKeyDep,
                         name: str | None = None, supernet: str | None = None, description: str = "",
-                        format: Literal["yaml", "json"] | None = None):
+                        format: Literal["yaml", "json"] | None = None,
+                        batch_size: int | None = Query(None, ge=1, le=4096, description="the batch the table was timed at "
+                                                                                   "(ms per batch; default 1)")):
     """Register a device with its latency table: raw YAML/JSON body (query `name`, `supernet`) or multipart
     with one `<r>_lookup_table.yaml` file per resolution (form fields `name`, `supernet`, `description`)."""
     docs, fields = await _table_docs(request, settings.max_table_bytes, format)
@@ -140,7 +154,8 @@ async def create_device(request: Request, s: SessionDep, store: StoreDep, settin
         raise ValidationFailed("name", "missing device name")
     supernet = fields.get("supernet") or supernet or settings.default_supernet
     table = service.parse_upload(store, supernet, docs)
-    d, t = service.create_device(s, store, name, supernet, fields.get("description", description), table)
+    d, t = service.create_device(s, store, name, supernet, fields.get("description", description), table,
+                                 batch_size=_batch(fields, batch_size))
     _enqueue_front(request, d.id, t.id, supernet)
     return service.device_out(s, d, detail=True)
 
@@ -148,12 +163,15 @@ async def create_device(request: Request, s: SessionDep, store: StoreDep, settin
 @router.put("/{name}", response_model=DeviceOut, openapi_extra=TABLE_BODY, summary="Upload a new table version",
             responses=errors(401, 404, 413, 422))
 async def new_version(name: str, request: Request, s: SessionDep, store: StoreDep, settings: SettingsDep,
-                      _key: ApiKeyDep, description: str | None = None, format: Literal["yaml", "json"] | None = None):
+                      _key: ApiKeyDep, description: str | None = None, format: Literal["yaml", "json"] | None = None,
+                      batch_size: int | None = Query(None, ge=1, le=4096, description="the batch the table was timed at "
+                                                                                   "(ms per batch; default 1)")):
     """Upload a new table version; jobs already created keep the version they were created with."""
     d = service.get_device(s, name)
     docs, fields = await _table_docs(request, settings.max_table_bytes, format)
     table = service.parse_upload(store, d.supernet.name, docs)
-    t = service.add_version(s, d, table, "uploaded", {}, fields.get("description", description))
+    t = service.add_version(s, d, table, "uploaded", {}, fields.get("description", description),
+                            batch_size=_batch(fields, batch_size))
     _enqueue_front(request, d.id, t.id, d.supernet.name)
     return service.device_out(s, d, detail=True)
 

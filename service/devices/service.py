@@ -41,7 +41,8 @@ def _supernet_row(s: Session, store: SupernetStore, name: str):
 
 
 def create_device(s: Session, store: SupernetStore, name: str, supernet: str, description: str, table: T.Table,
-                  kind: str = "uploaded", source: str = "uploaded", provenance: dict | None = None):
+                  kind: str = "uploaded", source: str = "uploaded", provenance: dict | None = None,
+                  batch_size: int = 1):
     """Create device + table version 1 in one transaction (commits); returns (device, table row)."""
     if not name or len(name) > 128 or any(c in name for c in "/?#% "):
         raise ValidationFailed("name", "a device name is 1-128 characters without / ? # % or spaces")
@@ -50,7 +51,7 @@ def create_device(s: Session, store: SupernetStore, name: str, supernet: str, de
         raise DeviceExists(name)
     try:
         d = repo.create(s, name, sn.id, description, kind)
-        t = repo.add_table(s, d, table, source, provenance or {}, T.table_sha256(table))
+        t = repo.add_table(s, d, table, source, provenance or {}, T.table_sha256(table), batch_size=batch_size)
         s.commit()
     except IntegrityError:
         s.rollback()

@@ -142,3 +142,22 @@ def test_timings_errors_are_named(env):
     assert env.client.get("/devices/dev/timings/suggest?n=0").status_code == 422
     assert env.client.get("/devices/dev/timings/suggest?n=5&supernet=nope").status_code == 422
     assert env.client.post("/devices/x/timings?create=true", json={"timings": [good]}).status_code == 401
+
+
+def test_uploaded_tables_state_their_batch_size(env):
+    import json as _json
+    from ofa_service_assets import synthetic_table
+    r = env.client.post("/devices?name=b8&batch_size=8", content=_json.dumps(synthetic_table(8.0)),
+                        headers={**env.h, "content-type": "application/json"})
+    assert r.status_code == 201, r.text
+    assert r.json()["versions"][0]["batch_size"] == 8
+    r = env.client.put("/devices/b8", content=_json.dumps(synthetic_table()),
+                       headers={**env.h, "content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["versions"][-1]["batch_size"] == 1
+    r = env.client.put("/devices/b8?batch_size=0", content=_json.dumps(synthetic_table()),
+                       headers={**env.h, "content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "batch_size"
+    # the search at batch 8 uses version 1; without batch_size the current (batch 1) version
+    req = {"device": "b8", "constraints": {"latency_ms": 1e5}, "options": SEARCH, "use_pareto": False}
+    assert env.client.post("/specialize", json={**req, "batch_size": 8}, headers=env.h).json()["table_version"] == 1
+    assert env.client.post("/specialize", json=req, headers=env.h).json()["table_version"] == 2
