@@ -215,7 +215,10 @@ def _score(k: _Kernels, hyper: dict[str, float], criterion: str) -> float:
     a = sla.cho_solve(c, k.resid, check_finite=False)
     if criterion == "evidence":
         return float(-0.5 * k.resid @ a - np.log(np.diag(c[0])).sum())
-    kinv_diag = np.diag(sla.cho_solve(c, np.eye(len(a)), check_finite=False))
+    inv, info = sla.lapack.dpotri(c[0], lower=True)      # K^-1 from its Cholesky factor (diagonal is all we need)
+    if info != 0:
+        return -np.inf
+    kinv_diag = np.diag(inv)
     e = a / kinv_diag
     return -float(np.mean(np.minimum(e * e, 0.01)))
 
