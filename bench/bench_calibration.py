@@ -58,6 +58,8 @@ def main(argv=None):
     ap.add_argument("--cv-folds", type=int, default=5)
     ap.add_argument("--devices", nargs="*", default=None, help="substrings of device names (default: all)")
     ap.add_argument("--supernet", default="ofa_mbv3_d234_e346_k357_w1.0")
+    ap.add_argument("--time-n", type=int, default=300, help="timings in the fit-time measurement")
+    ap.add_argument("--time-repeats", type=int, default=5)
     args = ap.parse_args(argv)
     spec = get_spec(args.supernet)
     print(f"supernet {spec.name} ({len(spec.resolutions)} resolutions); {args.seeds} seeds x {args.test} held-out "
@@ -80,6 +82,28 @@ def main(argv=None):
                   f"{np.median(r['t_base']):10.3f} {np.median(r['t_ours']):10.3f}")
     print("mean over devices (+-10%): " + ", ".join(
         f"N={n}: family {np.mean(means[n]['base']):.3f} vs ours {np.mean(means[n]['ours']):.3f}" for n in args.ns))
+    fit_time(spec, args.time_n, args.time_repeats, args.cv_folds)
+
+
+def fit_time(spec, n, repeats, cv_folds):
+    """Seconds to fit `n` timings (the model with its nested CV, as the service runs it; and the baseline):
+    the fastest of `repeats` runs (a shared host only ever adds time) and the median."""
+    dev = DEVICES["launch-bound (GPU, batch 1)"]
+    rng = np.random.default_rng(7)
+    enc = spec.sample_encoded(n, rng)
+    y = timings(dev, device_table(dev, spec, 7), enc, rng)
+    fit_calibration(spec, enc[:10], y[:10], cv_folds=0)        # builds the operator layout once (cached)
+    ours, base = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fit_calibration(spec, enc, y, cv_folds=cv_folds)
+        t1 = time.perf_counter()
+        family_baseline(spec, enc, y)
+        base.append(time.perf_counter() - t1)
+        ours.append(t1 - t0)
+    print(f"fit of {n} timings ({spec.name}): ours {min(ours):.2f} s fastest / {np.median(ours):.2f} s median of "
+          f"{repeats} (incl. {cv_folds}-fold nested CV); family NNLS {min(base) * 1e3:.1f} ms; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

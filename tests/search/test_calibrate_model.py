@@ -145,3 +145,16 @@ def test_batch_features_scale_activations_not_weights():
     n = a.names
     np.testing.assert_allclose(b.F[:, n.index("pw_macs")], 8 * a.F[:, n.index("pw_macs")])
     np.testing.assert_allclose(b.F[:, n.index("param_elems")], a.F[:, n.index("param_elems")])
+
+
+def test_bench_calibration_smoke(capsys):
+    """The benchmark runs end to end (tiny settings; its figures come from full runs)."""
+    import re
+    import bench.bench_calibration as bc
+    bc.main(["--ns", "10", "30", "--seeds", "1", "--test", "100", "--devices", "mobile", "GPU, batch 1",
+             "--time-n", "40", "--time-repeats", "1", "--supernet", CIFAR])
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(.+?)\s+(\d+) \| ([\d.]+) / ([\d.]+) \| ([\d.]+) / ([\d.]+) \|", out, re.M)
+    assert len(rows) == 4 and {r[1] for r in rows} == {"10", "30"}
+    assert all(0 <= float(v) <= 1 for r in rows for v in r[2:])
+    assert re.search(r"fit of 40 timings \(ofa_mbv3_cifar10\): ours [\d.]+ s fastest", out)
