@@ -7,7 +7,8 @@ under-utilisation, per-operator quirks, 1.5-3% lognormal timing noise and 2% slo
 (25 resolutions). For each device and seed: N training configs and 2,000 held-out configs, timed with noise; both
 models are fitted on the same N timings in the same run and scored on the same held-out timings. Printed: the
 held-out share within +-10% and +-5% (mean over seeds) at N = 10, 30, 100, 300, and the fit times (the model's
-includes its 5-fold cross-validation, as the service runs it).
+includes its 5-fold cross-validation, as the service runs it). Then: 30 timings chosen at random vs by
+`suggest_configs` (from the cost model alone, or 10 random + 20 suggested by the model fitted on them).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.calib_devices import DEVICES, device_table, timings          # noqa: E402
-from ofa_core.calibrate import agreement, family_baseline, fit_calibration  # noqa: E402
+from ofa_core.calibrate import agreement, family_baseline, fit_calibration, suggest_configs  # noqa: E402
 from ofa_core.spec import get_spec                                       # noqa: E402
 
 
@@ -60,6 +61,7 @@ def main(argv=None):
     ap.add_argument("--supernet", default="ofa_mbv3_d234_e346_k357_w1.0")
     ap.add_argument("--time-n", type=int, default=300, help="timings in the fit-time measurement")
     ap.add_argument("--time-repeats", type=int, default=5)
+    ap.add_argument("--suggest", type=int, default=30, help="timings in the random-vs-suggested comparison (0: skip)")
     args = ap.parse_args(argv)
     spec = get_spec(args.supernet)
     print(f"supernet {spec.name} ({len(spec.resolutions)} resolutions); {args.seeds} seeds x {args.test} held-out "
@@ -82,7 +84,39 @@ def main(argv=None):
                   f"{np.median(r['t_base']):10.3f} {np.median(r['t_ours']):10.3f}")
     print("mean over devices (+-10%): " + ", ".join(
         f"N={n}: family {np.mean(means[n]['base']):.3f} vs ours {np.mean(means[n]['ours']):.3f}" for n in args.ns))
+    if args.suggest:
+        suggestions(spec, args.suggest, range(args.seeds), args.test, args.devices)
     fit_time(spec, args.time_n, args.time_repeats, args.cv_folds)
+
+
+def suggestions(spec, n, seeds, n_test, only):
+    """Held-out +-10% / +-5% after `n` timings chosen at random vs by `suggest_configs`: all n suggested from the
+    cost model, or a third random and the rest suggested by the model fitted on those."""
+    print(f"\nactive timing requests ({n} timings; +-10% / +-5%, mean over seeds):")
+    for name, dev in DEVICES.items():
+        if only and not any(d in name for d in only):
+            continue
+        res = {"random": [], "suggested": [], "random+suggested": []}
+        for seed in seeds:
+            rng = np.random.default_rng(2000 + seed)
+            true = device_table(dev, spec, seed)
+            te = spec.sample_encoded(n_test, rng)
+            y_te = timings(dev, true, te, rng)
+
+            def score(enc):
+                t = fit_calibration(spec, enc, timings(dev, true, enc, rng), batch_size=dev.batch, cv_folds=0,
+                                    seed=seed).table
+                a = agreement(t.predict(te), y_te)
+                return a["share_within_10"], a["share_within_5"]
+            res["random"].append(score(spec.sample_encoded(n, rng)))
+            res["suggested"].append(score(suggest_configs(spec, n, batch_size=dev.batch, seed=seed)[0]))
+            first = spec.sample_encoded(n // 3, rng)
+            fit = fit_calibration(spec, first, timings(dev, true, first, rng), batch_size=dev.batch, cv_folds=0)
+            more = suggest_configs(spec, n - len(first), table=fit.table, observed=first, hyper=fit.report["hyper"],
+                                   batch_size=dev.batch, seed=seed)[0]
+            res["random+suggested"].append(score(np.concatenate([first, more])))
+        print(f"  {name:30s} " + " | ".join(f"{k} {np.mean([r[0] for r in v]):.3f} / {np.mean([r[1] for r in v]):.3f}"
+                                            for k, v in res.items()))
 
 
 def fit_time(spec, n, repeats, cv_folds):

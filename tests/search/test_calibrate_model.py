@@ -152,9 +152,10 @@ def test_bench_calibration_smoke(capsys):
     import re
     import bench.bench_calibration as bc
     bc.main(["--ns", "10", "30", "--seeds", "1", "--test", "100", "--devices", "mobile", "GPU, batch 1",
-             "--time-n", "40", "--time-repeats", "1", "--supernet", CIFAR])
+             "--time-n", "40", "--time-repeats", "1", "--supernet", CIFAR, "--suggest", "9"])
     out = capsys.readouterr().out
     rows = re.findall(r"^(.+?)\s+(\d+) \| ([\d.]+) / ([\d.]+) \| ([\d.]+) / ([\d.]+) \|", out, re.M)
     assert len(rows) == 4 and {r[1] for r in rows} == {"10", "30"}
     assert all(0 <= float(v) <= 1 for r in rows for v in r[2:])
     assert re.search(r"fit of 40 timings \(ofa_mbv3_cifar10\): ours [\d.]+ s fastest", out)
+    assert re.search(r"random [\d.]+ / [\d.]+ \| suggested [\d.]+ / [\d.]+ \| random\+suggested", out)
