@@ -36,6 +36,10 @@ def agreement_text(prov: dict[str, Any]) -> str:
     if isinstance(check, dict) and check.get("n"):
         return (f'{100 * check.get("share_within", 0):.0f}% within &plusmn;{100 * check.get("tolerance", 0.1):.0f}% '
                 f'(n={int(check["n"])}, median error {100 * check.get("median_abs_rel_err", 0):.1f}%)')
+    cv = prov.get("cv")
+    if isinstance(cv, dict) and cv.get("n") and cv.get("share_within_10") is not None:
+        return (f'{100 * cv["share_within_10"]:.0f}% within &plusmn;10% (cross-validated, n={int(cv["n"])}, '
+                f'median error {100 * cv.get("median_abs_rel_err", 0):.1f}%)')
     if prov.get("mean_rel_error_after") is not None:
         return f'mean error {100 * float(prov["mean_rel_error_after"]):.1f}% after calibration (n={prov.get("n_timings")})'
     return '<span class="muted">not measured</span>'
@@ -136,6 +140,8 @@ def _timings_form(device: str | None, devices: list[str] | None = None) -> str:
 <form id="timings-form" class="stack">{pick}
 <p class="hint">JSON: <code>{{"timings": [{{"config": {{"ks": [...], "e": [...], "d": [...], "r": 32}},
 "latency_ms": 1.9}}, ...]}}</code>, whole networks timed on the device.</p>
+<p class="hint">Which sub-networks to time: {'<a href="/devices/' + esc(device) + '/timings/suggest">suggestions</a>'
+ if device else "<code>GET /devices/NAME/timings/suggest</code>"}.</p>
 <label>timings file <input type="file" name="file" accept=".json,application/json"></label>
 <label>or paste them <textarea name="text" rows="4" spellcheck="false"></textarea></label>
 <button type="submit">Post timings</button><output name="result" aria-live="polite"></output></form></section>"""

@@ -36,6 +36,14 @@ def json_script(element_id: str, data: Any) -> str:
     return f'<script type="application/json" id="{esc(element_id)}">{text}</script>'
 
 
+def _inline_css() -> str:
+    """The style sheet, inlined so that the first paint waits for no second request (4-5 kB)."""
+    import os
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "app.css")) as f:
+        return f.read()
+
+
+CSS = _inline_css()
 NAV = (("/", "Devices"), ("/ui/specialize", "Specialize"), ("/ui/jobs", "Jobs"), ("/ui/upload", "Upload"),
        ("/docs", "API docs"))
 
@@ -45,7 +53,7 @@ def layout(title: str, body: str, active: str = "/") -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{esc(title)} - OFA specialization</title>
-<link rel="stylesheet" href="/static/web/app.css"><link rel="icon" href="/static/docs/favicon.png">
+<style>{CSS}</style><link rel="icon" href="/static/docs/favicon.png">
 <script src="/static/web/app.js" defer></script></head>
 <body><a class="skip" href="#main">Skip to content</a>
 <header><strong class="brand">OFA specialization</strong><nav aria-label="main">{nav}</nav>

@@ -77,9 +77,13 @@ def test_dashboard_front_specialize_download(page, live_service):
     page.goto(url + "/")
     page.wait_for_selector("table.devices")
     timings["first_paint_dashboard_cold_ms"] = _paint_ms(page)     # a fresh browser context
-    page.reload()
-    page.wait_for_selector("table.devices")
-    timings["first_paint_dashboard_ms"] = _paint_ms(page)
+    paints = []
+    for _ in range(7):                                           # this host is shared: the median of 7 loads
+        page.reload()
+        page.wait_for_selector("table.devices")
+        paints.append(_paint_ms(page))
+    timings["first_paint_dashboard_median_ms"] = sorted(paints)[len(paints) // 2]
+    timings["first_paint_dashboard_min_ms"] = min(paints)
     assert page.locator("table.devices a", has_text="host-cpu").count() == 1
     _shot(page, "dashboard.png")
 
