@@ -93,18 +93,19 @@ def cmd_import_table(args) -> int:
             raise ValueError(f"device {args.device!r} has tables for supernet {d.supernet.name!r}, not {supernet!r} "
                              f"(pass --supernet {d.supernet.name})")
         cur = repo.current_table(sess, d) if d is not None else None
-        if cur is not None and cur.sha256 == table_sha256(table):
+        if cur is not None and cur.sha256 == table_sha256(table) and cur.batch_size == args.batch_size:
             print(f"device {args.device}: unchanged (identical to table version {cur.version}, sha256 "
                   f"{cur.sha256[:12]}); nothing imported")
             return 0
         if d is None:
             d, t = dsvc.create_device(sess, store, args.device, supernet, args.description or "", table,
-                                      kind="uploaded", source="imported", provenance={"imported_from": source})
+                                      kind="uploaded", source="imported", provenance={"imported_from": source},
+                                      batch_size=args.batch_size)
         else:
-            t = dsvc.add_version(sess, d, table, "imported", {"imported_from": source})
+            t = dsvc.add_version(sess, d, table, "imported", {"imported_from": source}, batch_size=args.batch_size)
         ids = (d.id, t.id, t.version)
     print(f"device {args.device}: table version {ids[2]} ({sum(len(v) for v in table.values())} operators, "
-          f"resolutions {sorted(table)})")
+          f"resolutions {sorted(table)}, batch size {args.batch_size})")
     _enqueue_front(s, ids[0], ids[1], supernet)
     return 0
 
@@ -224,6 +225,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("directory", help="folder with one <r>_lookup_table.yaml (or .json) per resolution")
     t.add_argument("--supernet", help="default: the service's default supernet")
     t.add_argument("--description", help="device description")
+    t.add_argument("--batch-size", type=int, default=1, help="the batch the table was timed at (ms per batch)")
     t.set_defaults(fn=cmd_import_table)
     r = add("register-predictor", "register an accuracy predictor file for a supernet (copied into the data "
                                   "directory; e.g. the published w1.2 acc_predictor.pth)")
