@@ -23,8 +23,9 @@ def request(s: Session, subnet_id: str, supernet_version: str, calib_key: str) -
     now = utcnow()
     r = s.execute(dialect.insert(SubnetCalibration).values(
         subnet_id=subnet_id, supernet_version=supernet_version, calib_key=calib_key, status="pending",
-        requested_at=now, created_at=now, updated_at=now).on_conflict_do_nothing())
-    return r.rowcount == 1
+        requested_at=now, created_at=now, updated_at=now).on_conflict_do_nothing()
+        .returning(SubnetCalibration.id))           # rowcount is not reliable here on psycopg
+    return r.scalar() is not None
 
 
 def touch(s: Session, row_id: int, older_than) -> bool:
