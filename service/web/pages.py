@@ -12,6 +12,7 @@ from service.db.session import SessionDep
 from service.deps import StoreDep
 from service.devices import repository as device_repo
 from service.devices import service as device_service
+from service.errors import DeviceNotFound
 from service.jobs import service as job_service
 from service.supernets.store import SupernetStore
 from .render import METRIC_LABELS, esc, fmt_metric, json_script, layout, scatter_svg, status_badge, subnet_card, table
@@ -180,17 +181,19 @@ def specialize_page(s: SessionDep, store: StoreDep, device: str | None = None):
 
 @router.get("/ui/jobs", response_class=HTMLResponse)
 def jobs_page(s: SessionDep, status: str | None = Query(None), device: str | None = None,
-              offset: int = Query(0, ge=0)):
+              offset: int = Query(0, ge=0, le=1_000_000)):
     status = status if status in STATUSES else None
     try:
         jobs, total = job_service.list_jobs(s, offset, 50, status, device)
-    except Exception:
-        return _not_found(f"unknown device {device!r}")
-    links = " ".join(f'<a href="/ui/jobs?status={st}"{" aria-current=true" if st == status else ""}>{st}</a>'
+    except DeviceNotFound as e:
+        return _not_found(e.message)
+    dev = f"&amp;device={esc(device)}" if device else ""
+    links = " ".join(f'<a href="/ui/jobs?status={st}{dev}"{" aria-current=true" if st == status else ""}>{st}</a>'
                      for st in STATUSES)
-    more = (f'<p><a href="/ui/jobs?offset={offset + 50}{"&amp;status=" + status if status else ""}">older</a></p>'
+    more = (f'<p><a href="/ui/jobs?offset={offset + 50}{"&amp;status=" + status if status else ""}{dev}">older</a></p>'
             if offset + 50 < total else "")
-    body = (f'<p>filter: <a href="/ui/jobs">all</a> {links}</p>'
+    scope = f' of <a href="/ui/devices/{esc(device)}">{esc(device)}</a>' if device else ""
+    body = (f'<p>jobs{scope}; filter: <a href="/ui/jobs?{dev[5:]}">all</a> {links}</p>'
             + (table(JOB_HEADERS, _job_rows(jobs), caption=f"{total} jobs") if jobs else "<p>No jobs.</p>") + more)
     return _page("Jobs", body, "/ui/jobs")
 
