@@ -391,9 +391,9 @@ def suggest_configs(spec: SupernetSpec, n: int, *, table: LatencyTable | None = 
                     observed: np.ndarray | None = None, hyper: dict[str, float] | None = None,
                     resolutions: Sequence[int] | None = None, batch_size: int = 1, pool: int = 2000,
                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The `n` configs (from a random pool) whose timings would most reduce the model's relative predictive
-    variance, chosen greedily, each as if its timing were known before the next is chosen (so they spread over
-    the feature space and the families), conditioned on the configs already timed (`observed`).
+    """The `n` configs (from a random pool) whose timings would most reduce the model's summed relative predictive
+    variance over the pool, chosen greedily, each as if its timing were known before the next is chosen (so they
+    spread over the feature space and the families), conditioned on the configs already timed (`observed`).
 
     `table`: the current table (its means are the model's mean; without one the cost-model features set the
     shape); `hyper`: the model's prior variances (default: `DEFAULT_HYPER`). Returns (encoded configs, their
@@ -429,14 +429,15 @@ def suggest_configs(spec: SupernetSpec, n: int, *, table: LatencyTable | None = 
         C = C.copy()
     sd0 = np.sqrt(np.maximum(np.diag(C), 0.0))
     chosen: list[int] = []
-    var = np.diag(C).copy()
     for _ in range(min(n, len(cand))):
-        var[chosen] = -np.inf
-        j = int(np.argmax(var))
+        # the pick that most reduces the summed predictive variance over the whole pool (not the pick that is
+        # itself most uncertain: that favours extreme configs unlike the ones the search will price)
+        gain = (C * C).sum(axis=0) / (np.diag(C) + s2)
+        gain[chosen] = -np.inf
+        j = int(np.argmax(gain))
         chosen.append(j)
         c = C[:, j].copy()
         C -= np.outer(c, c) / (c[j] + s2)
-        var = np.diag(C).copy()
     return cand[chosen], sd0[chosen]
 
 
