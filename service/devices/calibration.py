@@ -123,8 +123,8 @@ def suggest(store: SupernetStore, s: Session, device, supernet: str, n: int, bat
     pred = table.predict(enc) if table is not None else [None] * len(enc)
     return {"device": device.name if device is not None else None, "supernet": supernet, "batch_size": batch,
             "n_timings": len(stored), "table_version": row.version if row is not None else None,
-            "method": "greedy largest relative predictive variance of the calibration model, over 2,000 random "
-                      "configs, each pick conditioned on the ones before and on the stored timings",
+            "method": "greedy largest reduction of the calibration model's summed relative predictive variance over "
+                      "2,000 random configs, each pick conditioned on the ones before and on the stored timings",
             "configs": [{"config": SubnetConfig.from_encoded(eng.spec, e).to_dict(),
                          "predicted_latency_ms": None if p is None else float(p), "relative_sd": float(v)}
                         for e, p, v in zip(enc, pred, sd)]}
