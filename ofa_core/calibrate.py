@@ -49,6 +49,7 @@ NOISE_GRID = (0.01, 0.02, 0.04, 0.08, 0.15)
 RIDGE_GRID = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1)
 ANCHOR_RIDGE = 10.0     # fewer than MIN_SELECT timings and no prior: close to the equal-share anchor
 MAX_TIMINGS = 20000
+SELECT_MAX = 300        # more timings: hyper-parameters chosen on a seeded subset of this many (O(N^3) each)
 MIN_SELECT = 5          # fewer timings: no feature / hyper-parameter selection (prior rescaled, defaults)
 
 
@@ -174,6 +175,11 @@ class _Kernels:
     resid: np.ndarray              # 1 - A m / y
     noise_scale: np.ndarray        # per-timing noise multiplier (1 / sqrt(Huber weight): outliers count less)
 
+    def subset(self, idx: np.ndarray) -> "_Kernels":
+        """The same model restricted to some timings (for choosing hyper-parameters on many timings)."""
+        return _Kernels({c: g[np.ix_(idx, idx)] for c, g in self.grams.items()}, {}, self.resid[idx],
+                        self.noise_scale[idx])
+
 
 def _one_hot(ids: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(ids)), (np.arange(len(ids)), ids)), shape=(len(ids), int(ids.max()) + 1))
@@ -284,7 +290,9 @@ class _Fit:
         m = np.maximum(m, 1e-3 * (np.median(pos) if len(pos) else 1.0))
         self.m = m
         k = _kernels(layout, A, y, m, F, self.theta, zs, wt)
-        self.hyper = (select_hyper(k, hyper, sweeps=sweeps, criterion=criterion) if select and len(y) >= MIN_SELECT
+        ks = k if len(y) <= SELECT_MAX else k.subset(np.sort(np.random.default_rng(seed).choice(
+            len(y), SELECT_MAX, replace=False)))       # the hyper-parameters are ratios: a subset tells them
+        self.hyper = (select_hyper(ks, hyper, sweeps=sweeps, criterion=criterion) if select and len(y) >= MIN_SELECT
                       else dict(hyper or DEFAULT_HYPER))
         self.x = _posterior(layout, k, m, F, self.theta, zs, self.hyper)
 

@@ -1,7 +1,8 @@
 """Calibration of device tables from posted whole-network timings, and which configs to time next.
 
 Every posted timing is stored (`device_timings`, per batch size); a calibration refits on all of a device's
-timings at that batch size (the newest `MAX_STORED` of them). Priors tried: the cost model alone, and the
+timings at that batch size (the newest `MAX_FIT` of them: a few seconds; beyond that a profiled table is the
+better tool). Priors tried: the cost model alone, and the
 newest table version at that batch size that is not itself calibrated (an uploaded, imported or profiled table);
 the one with the better cross-validated agreement wins and the provenance lists both.
 """
@@ -19,7 +20,8 @@ from service.errors import ValidationFailed
 from service.supernets.store import SupernetStore
 from . import repository as repo
 
-MAX_STORED = 5000
+MAX_STORED = 5000       # timings read back for suggestions
+MAX_FIT = 1000          # timings a calibration fits (the newest)
 
 
 def parse_timings(spec: SupernetSpec, timings: list[dict[str, Any]], field: str = "timings"
@@ -67,8 +69,10 @@ def fit_device(store: SupernetStore, s: Session, device, supernet: str, new: lis
     current = repo.current_table(s, device) if device is not None else None
     batch = int(batch_size or (current.batch_size if current is not None else 1))
     base = repo.table_for_batch(s, device, batch, exclude_source="calibrated") if device is not None else None
+    if len(new) > MAX_FIT:
+        raise ValidationFailed("timings", f"at most {MAX_FIT} timings per calibration, got {len(new)}")
     cfgs, enc_new, y_new = parse_timings(spec, new)
-    old = repo.timings(s, device, batch, MAX_STORED - len(new)) if device is not None else []
+    old = repo.timings(s, device, batch, max(MAX_FIT - len(new), 0)) if device is not None else []
     if old:
         _, enc_old, y_old = parse_timings(spec, [{"config": c, "latency_ms": ms} for c, ms in old], "stored")
         enc, y = np.concatenate([enc_old, enc_new]), np.concatenate([y_old, y_new])
