@@ -6,6 +6,8 @@ chosen so that ``OFAMobileNetV3.state_dict()`` has exactly the published keys.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections import OrderedDict
 
 import torch
@@ -25,6 +27,56 @@ def sub_filter_start_end(kernel_size: int, sub_kernel_size: int) -> tuple[int, i
     center = kernel_size // 2
     dev = sub_kernel_size // 2
     return center - dev, center + dev + 1
+
+
+# Training-speed kernels for the supernet's own forward (the extracted sub-networks keep plain convs).
+# Both give the conv's result up to float rounding; the state dict is unchanged.
+SMALL_MAP = 16      # depthwise convs on maps of at most this many pixels run as one batched matmul
+_FAST = {"on": True}
+
+
+@contextlib.contextmanager
+def plain_kernels():
+    """Run the supernet with plain convs only (the reference the training benchmark compares against)."""
+    prev, _FAST["on"] = _FAST["on"], False
+    try:
+        yield
+    finally:
+        _FAST["on"] = prev
+
+
+def pointwise(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """1x1 conv. On a channels-last input it is one GEMM over the (N*H*W, C) view, with no copies, which
+    oneDNN's 1x1 conv (and its backward) on small maps is several times slower than."""
+    if _FAST["on"] and x.is_contiguous(memory_format=torch.channels_last):
+        return F.linear(x.permute(0, 2, 3, 1), w.flatten(1), b).permute(0, 3, 1, 2)   # (N, Cout, H, W) NHWC
+    return F.conv2d(x, w, b)
+
+
+@functools.lru_cache(maxsize=64)
+def _toeplitz_index(h: int, w: int, k: int) -> torch.Tensor:
+    """(h*w, h*w) indices into a flat k*k filter (k*k: a zero) giving the matrix M with
+    out[q] = sum_p in[p] * M[p, q] for a stride-1, 'same'-padded k x k conv on an h x w map."""
+    pad = k // 2
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    rows, cols = rows.reshape(-1), cols.reshape(-1)                                # pixel p -> (row, col)
+    a = rows[:, None] - rows[None, :] + pad                                        # (p_in, q_out) kernel row
+    b = cols[:, None] - cols[None, :] + pad                                        # (p_in, q_out) kernel col
+    inside = (a >= 0) & (a < k) & (b >= 0) & (b < k)
+    return torch.where(inside, a * k + b, torch.full_like(a, k * k))
+
+
+def depthwise_small(x: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
+    """Stride-1 depthwise conv on a small map as a batched matmul over channels (per channel a dense
+    (HW, HW) matrix gathered from the filter): oneDNN spends most of a 7x7 conv on a 4x4 map in padding."""
+    n, c, h, w = x.shape
+    k = filt.shape[-1]
+    flat = torch.cat([filt.reshape(c, k * k), filt.new_zeros(c, 1)], 1)           # (C, k*k + 1)
+    mats = flat[:, _toeplitz_index(h, w, k)]                                       # (C, HW, HW)
+    cl = x.is_contiguous(memory_format=torch.channels_last)
+    xs = x.permute(1, 0, 2, 3).reshape(c, n, h * w)                               # (C, N, HW)
+    y = torch.bmm(xs, mats).view(c, n, h, w).permute(1, 0, 2, 3)                  # (N, C, H, W)
+    return y.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -153,7 +205,7 @@ class DynamicConv2d(nn.Module):
         return self.conv.weight[:cout, :cin]
 
     def forward(self, x, cout: int):
-        return F.conv2d(x, self.active_weight(x.size(1), cout))
+        return pointwise(x, self.active_weight(x.size(1), cout))
 
 
 class DynamicSeparableConv2d(nn.Module):
@@ -182,6 +234,8 @@ class DynamicSeparableConv2d(nn.Module):
 
     def forward(self, x, k: int, stride: int):
         c = x.size(1)
+        if _FAST["on"] and stride == 1 and x.shape[-1] * x.shape[-2] <= SMALL_MAP:
+            return depthwise_small(x, self.active_filter(c, k))
         return F.conv2d(x, self.active_filter(c, k), None, stride, k // 2, 1, c)
 
 
@@ -223,8 +277,8 @@ class DynamicSE(nn.Module):
 
     def forward(self, x):
         rw, rb, ew, eb = self.active_params(x.size(1))
-        y = F.relu(F.conv2d(x.mean((2, 3), keepdim=True), rw, rb))
-        return x * F.hardsigmoid(F.conv2d(y, ew, eb))
+        y = F.relu(F.linear(x.mean((2, 3)), rw.flatten(1), rb))                  # (N, mid)
+        return x * F.hardsigmoid(F.linear(y, ew.flatten(1), eb))[:, :, None, None]
 
 
 class DynamicMBConv(nn.Module):
@@ -308,20 +362,30 @@ class OFAMobileNetV3(nn.Module):
         for s, idx in enumerate(self.stage_blocks()):
             for i in idx[:self.active_depths[s]]:
                 x = self.blocks[i](x)
-        x = self.final_expand_layer(x)                                    # (N, C_fe, f, f)
-        x = self.feature_mix_layer(x.mean((2, 3), keepdim=True))          # (N, C_last, 1, 1)
-        return self.classifier(x.flatten(1))                              # (N, n_classes)
+        fe, mix = self.final_expand_layer, self.feature_mix_layer
+        x = fe.act(fe.bn(pointwise(x, fe.conv.weight)))                  # (N, C_fe, f, f)
+        x = mix.act(F.linear(x.mean((2, 3)), mix.conv.weight.flatten(1), mix.conv.bias))  # (N, C_last)
+        return self.classifier(x)                                         # (N, n_classes)
 
     # -- channel sorting (before the expand-ratio phases) --------------------------------------------
     @torch.no_grad()
-    def sort_channels(self) -> None:
-        """Reorder each elastic block's middle channels by importance (L1 of the projection's input slice)."""
+    def sort_channels(self, expand_ratio_stage: int = 0) -> None:
+        """Reorder each elastic block's middle channels by importance (L1 of the projection's input slice), as
+        the published `re_organize_middle_weights(expand_ratio_stage)`: stage 0 sorts all of them; stage s
+        sorts within each of the s+1 widest expand slices only, so the channels a smaller expand ratio already
+        keeps stay inside its slice (stage 1, before the second expand phase: within the e=4 slice)."""
         for block in self.blocks[1:]:
             conv: DynamicMBConv = block.conv
             pw = conv.point_linear.conv.conv.weight                      # (cout, mid, 1, 1)
-            importance = pw.abs().sum(dim=(0, 2, 3))
-            # Keep sorting stable in each expand-ratio bucket boundary exactly as a descending sort.
+            importance = pw.abs().sum(dim=(0, 2, 3))                      # (mid,)
             order = torch.argsort(importance, descending=True, stable=True)
+            if expand_ratio_stage > 0:
+                # slice of each channel: 0 inside the narrowest kept width, k inside the k-th wider ring
+                widths = sorted({self.spec.mid_channels(conv.cin, e) for e in self.spec.expand_list}, reverse=True)
+                ring = torch.zeros_like(order)
+                for left in widths[1:expand_ratio_stage + 1]:
+                    ring += (torch.arange(len(ring)) >= left).long()
+                order = order[torch.argsort(ring[order], stable=True)]   # by ring, then by importance
             conv.point_linear.conv.conv.weight.copy_(pw[:, order])
             for t in (conv.depth_conv.conv.conv.weight, conv.inverted_bottleneck.conv.conv.weight):
                 t.copy_(t[order])

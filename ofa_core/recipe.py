@@ -24,7 +24,8 @@ from .data import holdout_split, load_dataset
 from .profiler import host_environment
 from .predictor import build_predictor_dataset, train_predictor
 from .spec import SubnetConfig, SupernetSpec, get_spec
-from .training import ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet, progressive_shrinking_phases
+from .training import ProgressiveShrinkingTrainer, TrainConfig, cifar_phases, evaluate_subnet, \
+    progressive_shrinking_phases
 
 
 def probe_configs(spec: SupernetSpec, r: int) -> list[tuple[str, SubnetConfig]]:
@@ -61,13 +62,16 @@ def main(argv=None) -> dict:
     p.add_argument("--supernet", default="ofa_mbv3_cifar10")
     p.add_argument("--run", required=True, help="run directory (training checkpoint, logs, predictor data)")
     p.add_argument("--assets", required=True, help="where the artifacts and MODEL_CARD.md are written")
-    p.add_argument("--scale", type=float, default=0.5)
+    p.add_argument("--schedule", choices=["cifar", "published"], default="cifar",
+                   help="cifar: long full phase then shrinking (cifar_phases); published: the reference's ratios")
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies every phase's epochs")
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--holdout", type=int, default=5000)
+    p.add_argument("--holdout", type=int, default=10000)
     p.add_argument("--predictor-subnets", type=int, default=300)
     p.add_argument("--bn-images", type=int, default=2000)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ablation-json", default=None, help="shrinking ablation results to include in the card")
     p.add_argument("--card-notes", default=None, help="a Markdown file appended to the model card (run notes)")
@@ -83,8 +87,9 @@ def main(argv=None) -> dict:
     test = splits["test"]
 
     # 1. training (resumes from the run directory)
-    cfg = TrainConfig(phases=progressive_shrinking_phases(spec, a.scale, a.lr), batch_size=a.batch_size,
-                      seed=a.seed, threads=a.threads)
+    phases = (cifar_phases if a.schedule == "cifar" else progressive_shrinking_phases)(spec, a.scale, a.lr)
+    cfg = TrainConfig(phases=phases, batch_size=a.batch_size, weight_decay=a.weight_decay, seed=a.seed,
+                      threads=a.threads)
     trainer = ProgressiveShrinkingTrainer(spec, cfg, train, hold, a.run, progress=not a.no_progress)
     state = trainer.run(resume=True)
     timings["training_s"] = round(state["elapsed_s"], 1)

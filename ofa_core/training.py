@@ -38,6 +38,7 @@ class Phase:
     e: tuple[int, ...] | None = None
     d: tuple[int, ...] | None = None
     sort_channels: bool = False
+    sort_stage: int = 0                     # published expand_ratio_stage: how many expand slices stay fixed
     distill: bool = True
     warmup_epochs: float = 0.0
 
@@ -56,7 +57,22 @@ def progressive_shrinking_phases(spec: SupernetSpec, scale: float = 1.0, base_lr
         Phase("depth1", 0.5 * scale, base_lr * 0.1, 2, K, (emax,), tuple(D[-2:])),
         Phase("depth2", 1.5 * scale, base_lr * 0.2, 2, K, (emax,), D),
         Phase("expand1", 0.5 * scale, base_lr * 0.1, 2, K, tuple(E[-2:]), D, sort_channels=True),
-        Phase("expand2", 1.5 * scale, base_lr * 0.2, 2, K, E, D, sort_channels=True),
+        Phase("expand2", 1.5 * scale, base_lr * 0.2, 2, K, E, D, sort_channels=True, sort_stage=1),
+    ]
+
+
+def cifar_phases(spec: SupernetSpec, scale: float = 1.0, base_lr: float = 0.1) -> list[Phase]:
+    """The default supernet's schedule for CIFAR-sized data: a long full-network phase (a strong teacher),
+    then the shrinking phases with distillation; epochs at scale 1: 40 + 6 + 2 + 6 + 2 + 10."""
+    K, E, D = spec.ks_list, spec.expand_list, spec.depth_list
+    kmax, emax, dmax = max(K), max(E), max(D)
+    return [
+        Phase("full", 40 * scale, base_lr, 1, (kmax,), (emax,), (dmax,), distill=False, warmup_epochs=1 * scale),
+        Phase("kernel", 6 * scale, base_lr * 0.3, 1, K, (emax,), (dmax,)),
+        Phase("depth1", 2 * scale, base_lr * 0.1, 2, K, (emax,), tuple(D[-2:])),
+        Phase("depth2", 6 * scale, base_lr * 0.3, 2, K, (emax,), D),
+        Phase("expand1", 2 * scale, base_lr * 0.1, 2, K, tuple(E[-2:]), D, sort_channels=True),
+        Phase("expand2", 10 * scale, base_lr * 0.3, 2, K, E, D, sort_channels=True, sort_stage=1),
     ]
 
 
@@ -80,6 +96,7 @@ class TrainConfig:
     checkpoint_every_s: float = 300.0
     eval_images: int = 2000                       # held-out images for the per-phase accuracy log
     bn_images: int = 2000                         # BN recalibration images
+    channels_last: bool = True                    # NHWC activations: oneDNN's fast layouts, 1x1 convs as GEMMs
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -90,12 +107,20 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------------
+def like_net(x: torch.Tensor, net: nn.Module) -> torch.Tensor:
+    """`x` in the memory format of the net's weights (NHWC for a channels-last net)."""
+    w = next(net.parameters())
+    if w.ndim == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 @torch.no_grad()
 def evaluate(net: nn.Module, data: ImageArray, r: int, batch_size: int = 500, device: str = "cpu") -> float:
     net.eval()
     correct = 0
     for x, y in iterate_batches(data, batch_size, train=False):
-        correct += (net(resize(x, r).to(device)).argmax(1).cpu() == y).sum().item()
+        correct += (net(like_net(resize(x, r).to(device), net)).argmax(1).cpu() == y).sum().item()
     return correct / len(data)
 
 
@@ -103,7 +128,7 @@ def bn_batches(train: ImageArray, r: int, n_images: int, batch_size: int = 200, 
     """Training-transform batches for BN recalibration (fixed seed)."""
     idx = np.random.default_rng(seed).permutation(len(train))[:n_images]
     for x, _ in iterate_batches(train.subset(np.sort(idx)), batch_size, train=True, seed=seed, drop_last=False):
-        yield resize(x, r).to(device)
+        yield resize(x, r).to(device, memory_format=torch.channels_last)
 
 
 def evaluate_subnet(supernet: OFAMobileNetV3, cfg: SubnetConfig, train: ImageArray, holdout: ImageArray,
@@ -134,6 +159,29 @@ def _sample_config(spec: SupernetSpec, phase: Phase, rng: np.random.Generator, r
                                rng.choice(D, spec.n_stages).tolist(), r)
 
 
+def train_step(net: OFAMobileNetV3, teacher: OFAMobileNetV3 | None, x: torch.Tensor, y: torch.Tensor,
+               configs: list[SubnetConfig], opt: torch.optim.Optimizer, label_smoothing: float = 0.1,
+               kd_ratio: float = 1.0) -> float:
+    """One progressive-shrinking step: the teacher's soft targets (if any), then each sub-network's forward and
+    backward with gradients accumulated, then one optimizer step. Returns the mean loss over the sub-networks."""
+    soft = None
+    if teacher is not None:
+        with torch.no_grad():
+            soft = F.softmax(teacher(x), dim=1)                          # (N, classes)
+    opt.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for c in configs:
+        net.set_active(c)
+        out = net(x)
+        loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+        if soft is not None:
+            loss = loss + kd_ratio * torch.sum(-soft * F.log_softmax(out, dim=1), dim=1).mean()
+        loss.backward()
+        loss_sum += loss.item()
+    opt.step()
+    return loss_sum / len(configs)
+
+
 def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -154,6 +202,8 @@ class ProgressiveShrinkingTrainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.net = (supernet or build_supernet(spec, seed=cfg.seed)).to(self.device)
+        if cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.resolutions = tuple(cfg.resolutions or spec.resolutions)
         self.steps_per_epoch = len(train) // cfg.batch_size
         if self.steps_per_epoch == 0:
@@ -217,7 +267,7 @@ class ProgressiveShrinkingTrainer:
             if self.state.get("initialised_phase", -1) < pi:
                 self.state["initialised_phase"] = pi
                 if phase.sort_channels:
-                    self.net.sort_channels()
+                    self.net.sort_channels(phase.sort_stage)
                 if phase.distill and self.teacher is None and cfg.kd_ratio > 0:
                     self.teacher = copy.deepcopy(self.net).eval()
                     self.teacher.set_max()
@@ -274,25 +324,13 @@ class ProgressiveShrinkingTrainer:
                 continue
             step_rng = np.random.default_rng(int(rng.integers(0, 2**31)))
             r = int(step_rng.choice(self.resolutions))
-            x, y = resize(x, r).to(self.device), y.to(self.device)
+            x, y = like_net(resize(x, r).to(self.device), self.net), y.to(self.device)
             lr = self._lr(phase, step, total)
             for g in opt.param_groups:
                 g["lr"] = lr
-            soft = None
-            if phase.distill and self.teacher is not None and cfg.kd_ratio > 0:
-                with torch.no_grad():
-                    soft = F.softmax(self.teacher(x), dim=1)
-            opt.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for _ in range(phase.n_subnets):
-                net.set_active(_sample_config(self.spec, phase, step_rng, r))
-                out = net(x)
-                loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
-                if soft is not None:
-                    loss = loss + cfg.kd_ratio * torch.sum(-soft * F.log_softmax(out, dim=1), dim=1).mean()
-                loss.backward()
-                loss_sum += loss.item()
-            opt.step()
+            teacher = self.teacher if phase.distill and cfg.kd_ratio > 0 else None
+            configs = [_sample_config(self.spec, phase, step_rng, r) for _ in range(phase.n_subnets)]
+            loss_sum = train_step(net, teacher, x, y, configs, opt, cfg.label_smoothing, cfg.kd_ratio)
             if self._budget is not None:
                 self._budget -= 1
             step += 1
@@ -300,7 +338,7 @@ class ProgressiveShrinkingTrainer:
             imgs += x.shape[0]
             if step % 10 == 0 or step == total:
                 now = time.time()
-                bar.set_postfix(loss=f"{loss_sum / phase.n_subnets:.3f}", lr=f"{lr:.4f}",
+                bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.4f}",
                                 img_s=f"{imgs / max(1e-9, now - t_last):.0f}")
                 t_last, imgs = now, 0
             bar.update(1)

@@ -1,0 +1,213 @@
+"""Training throughput of one progressive-shrinking step on the default supernet's geometry: today's loop
+(NCHW, plain convs) against the optimized one, side by side in one run, and each lever on its own.
+
+A step is the teacher's forward (where the phase distils) + each sampled sub-network's forward/backward + the
+optimizer step (`ofa_core.training.train_step`, the function the trainer runs). Variants are timed in
+interleaved rounds, so a slow spell of the host is spread over all of them; the figure is images per second of
+the median round (and of the best round). Then BN recalibration + evaluation of one sub-network, and a short
+training run of today's loop and the optimized one from the same seed (same losses, same held-out accuracy).
+
+    python bench/bench_training.py                       # 2 threads, batch 128, 5 rounds
+    python bench/bench_training.py --threads 1 --rounds 3 --curve-steps 0
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from ofa_core.data import ImageArray, holdout_split, iterate_batches, load_dataset  # noqa: E402
+from ofa_core.mbv3 import build_supernet, plain_kernels  # noqa: E402
+from ofa_core.spec import get_spec  # noqa: E402
+from ofa_core.training import (TrainConfig, Phase, ProgressiveShrinkingTrainer, _param_groups,  # noqa: E402
+                               _sample_config, cifar_phases, evaluate_subnet, train_step)
+
+CIFAR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "cifar10",
+                     "cifar10-jpeg.tar.gz")
+
+
+def bf16_supported() -> bool:
+    """bf16 autocast pays only where the CPU has native bf16 (AVX512-BF16 / AMX) and oneDNN is there."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    return torch.backends.mkldnn.is_available() and cap in ("AVX512", "AVX512_BF16", "AMX") and \
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+# Each variant: (channels_last, fast kernels, bf16 autocast over the whole step)
+VARIANTS = {
+    "today (NCHW, plain convs)": (False, False, False),
+    "channels_last": (True, False, False),
+    "fast kernels (NCHW)": (False, True, False),
+    "optimized (channels_last + fast kernels)": (True, True, False),
+    "optimized + bf16 autocast": (True, True, True),
+}
+OPTIMIZED = "optimized (channels_last + fast kernels)"
+TODAY = "today (NCHW, plain convs)"
+
+
+class StepRunner:
+    """One variant's supernet, teacher and optimizer, stepping on fixed batches."""
+
+    def __init__(self, spec, phase: Phase, variant: tuple, batch: int, seed: int = 0):
+        cl, self.fast, self.bf16 = variant
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        self.spec, self.phase = spec, phase
+        self.net = build_supernet(spec, seed=seed).to(memory_format=fmt).train()
+        self.teacher = copy.deepcopy(self.net).eval() if phase.distill else None
+        if self.teacher is not None:
+            self.teacher.set_max()
+        self.opt = torch.optim.SGD(_param_groups(self.net, 5e-4), lr=0.01, momentum=0.9, nesterov=True)
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(batch, 3, 32, 32, generator=g).contiguous(memory_format=fmt)
+        self.y = torch.randint(0, spec.n_classes, (batch,), generator=g)
+        self.rng = np.random.default_rng(seed)
+
+    def step(self) -> None:
+        configs = [_sample_config(self.spec, self.phase, self.rng, 32) for _ in range(self.phase.n_subnets)]
+        kernels = contextlib.nullcontext() if self.fast else plain_kernels()
+        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        with kernels, amp:
+            train_step(self.net, self.teacher, self.x, self.y, configs, self.opt)
+
+
+def time_variants(spec, phase: Phase, variants: dict, batch: int, rounds: int, steps: int) -> dict:
+    runners = {k: StepRunner(spec, phase, v, batch) for k, v in variants.items()}
+    for r in runners.values():
+        r.step()                                  # warm-up: allocator, oneDNN primitives
+    per_round = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, r in runners.items():
+            t = time.perf_counter()
+            for _ in range(steps):
+                r.step()
+            per_round[k].append(batch * steps / (time.perf_counter() - t))
+    return {k: (statistics.median(v), max(v)) for k, v in per_round.items()}
+
+
+def print_throughput(spec, a) -> None:
+    variants = dict(VARIANTS)
+    if not bf16_supported():
+        variants.pop("optimized + bf16 autocast")
+        print("bf16: not supported on this CPU (no AVX512-BF16/AMX in oneDNN); skipped")
+    phases = {p.name: p for p in cifar_phases(spec)}
+    cases = [("full (1 sub-network, no teacher)", phases["full"]),
+             ("kernel (1 sub-network + teacher)", phases["kernel"]),
+             ("depth/expand (2 sub-networks + teacher)", phases["expand2"])]
+    print(f"\n## Throughput of one step, images/s (batch {a.batch}, {torch.get_num_threads()} thread(s), "
+          f"median of {a.rounds} interleaved rounds of {a.steps} steps; best round in brackets)\n")
+    names = list(variants)
+    print("| phase | " + " | ".join(names) + f" | {OPTIMIZED} / today |")
+    print("|---" * (len(names) + 2) + "|")
+    for label, phase in cases:
+        res = time_variants(spec, phase, variants, a.batch, a.rounds, a.steps)
+        cells = [f"{res[n][0]:.0f} ({res[n][1]:.0f})" for n in names]
+        ratio = res[OPTIMIZED][0] / res[TODAY][0]
+        print(f"| {label} | " + " | ".join(cells) + f" | **{ratio:.2f}x** |", flush=True)
+
+
+def real_data(a) -> tuple[ImageArray, ImageArray] | None:
+    if not os.path.exists(a.data):
+        print(f"\n(no CIFAR-10 archive at {a.data}: skipping the sections on real images)")
+        return None
+    splits = load_dataset(a.data, cache_dir=a.cache_dir, progress=False)
+    train, hold = holdout_split(splits["train"], 10000, seed=0)
+    return train, hold
+
+
+def print_eval_cost(spec, train: ImageArray, hold: ImageArray, a) -> None:
+    print(f"\n## BN recalibration ({a.bn_images} images) + evaluation ({a.eval_images} images) of one "
+          "sub-network, seconds (median of 3)\n")
+    held = hold.sample(a.eval_images, seed=0)
+    cfg = spec.sample(np.random.default_rng(1), resolutions=[32])
+    out = {}
+    for name, (cl, fast) in {"today": (False, False), "optimized": (True, True)}.items():
+        net = build_supernet(spec, seed=0)
+        if cl:
+            net = net.to(memory_format=torch.channels_last)
+        kernels = contextlib.nullcontext() if fast else plain_kernels()
+        times, acc = [], None
+        with kernels:
+            for _ in range(3):
+                t = time.perf_counter()
+                acc = evaluate_subnet(net, cfg, train, held, a.bn_images)
+                times.append(time.perf_counter() - t)
+        out[name] = (statistics.median(times), acc)
+    print("| loop | seconds | accuracy (random weights: checks both agree) |\n|---|---|---|")
+    for k, (t, acc) in out.items():
+        print(f"| {k} | {t:.2f} | {acc:.4f} |")
+    print(f"\nspeed-up: **{out['today'][0] / out['optimized'][0]:.2f}x**")
+
+
+def print_curves(spec, train: ImageArray, hold: ImageArray, a) -> None:
+    """Today's loop and the optimized one trained from the same seed on the same batches."""
+    sub = train.sample(a.curve_steps * a.batch, seed=3)
+    held = hold.sample(a.eval_images, seed=0)
+    phases = [Phase("full", 1.0, 0.05, 1, (7,), (6,), (4,), distill=False, warmup_epochs=0.1)]
+    print(f"\n## Same loss curve: {a.curve_steps} steps of the full phase, batch {a.batch}, "
+          f"{len(sub)} training images, held-out accuracy on {len(held)} images\n")
+    rows = {}
+    for name, (cl, fast) in {"today": (False, False), "optimized": (True, True)}.items():
+        cfg = TrainConfig(phases=phases, batch_size=a.batch, seed=0, channels_last=cl, eval_images=len(held),
+                          bn_images=min(2000, len(sub)), checkpoint_every_s=1e9)
+        losses = []
+        out_dir = os.path.join(a.tmp, f"curve-{name}")
+        trainer = ProgressiveShrinkingTrainer(spec, cfg, sub, held, out_dir, progress=False)
+        kernels = contextlib.nullcontext() if fast else plain_kernels()
+        t = time.perf_counter()
+        with kernels:
+            for _ in range(a.curve_steps // 10):
+                trainer.run(resume=True, max_steps=10)
+                x, y = next(iterate_batches(sub, a.batch, train=False))
+                with torch.no_grad():
+                    trainer.net.eval()
+                    losses.append(torch.nn.functional.cross_entropy(trainer.net(x), y).item())
+                    trainer.net.train()
+            acc = trainer.phase_eval()["acc_largest"]
+        rows[name] = (losses, acc, time.perf_counter() - t)
+    print("| loop | loss every 10 steps (first batch, eval mode) | held-out acc | seconds |\n|---|---|---|---|")
+    for k, (losses, acc, t) in rows.items():
+        print(f"| {k} | {' '.join(f'{v:.3f}' for v in losses)} | {acc:.4f} | {t:.0f} |")
+    diff = max(abs(p - q) for p, q in zip(rows["today"][0], rows["optimized"][0]))
+    print(f"\nlargest loss difference: {diff:.4f}; accuracy difference: "
+          f"{100 * (rows['optimized'][1] - rows['today'][1]):+.2f} pp")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=2, help="steps per variant per round")
+    p.add_argument("--curve-steps", type=int, default=100, help="0: skip the loss-curve comparison")
+    p.add_argument("--bn-images", type=int, default=2000)
+    p.add_argument("--eval-images", type=int, default=2000)
+    p.add_argument("--data", default=CIFAR)
+    p.add_argument("--cache-dir", default="data/cache")
+    p.add_argument("--tmp", default="/tmp/bench_training")
+    p.add_argument("--supernet", default="ofa_mbv3_cifar10")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    spec = get_spec(a.supernet)
+    print(f"# bench_training: {spec.name}, torch {torch.__version__}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, mkldnn {torch.backends.mkldnn.is_available()}")
+    print_throughput(spec, a)
+    data = real_data(a)
+    if data is not None:
+        print_eval_cost(spec, *data, a)
+        if a.curve_steps:
+            import shutil
+            shutil.rmtree(a.tmp, ignore_errors=True)
+            print_curves(spec, *data, a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The training-speed paths: fast kernels and channels-last give the plain convs' outputs and gradients, the
+published channel re-sort stages, one progressive-shrinking step, and the throughput benchmark's smoke run."""
+import copy
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ofa_core.mbv3 import _toeplitz_index, build_supernet, depthwise_small, plain_kernels, pointwise
+from ofa_core.spec import SubnetConfig, get_spec
+from ofa_core.training import Phase, _param_groups, train_step
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "core"))
+from ofa_test_utils import randomize  # noqa: E402
+
+SPEC = get_spec("ofa_mbv3_cifar10")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("h,k", [(4, 7), (4, 5), (4, 3), (2, 7), (3, 5), (1, 3)])
+def test_depthwise_small_is_the_conv(h, k):
+    g = torch.Generator().manual_seed(h * 10 + k)
+    x = torch.randn(3, 6, h, h, generator=g, requires_grad=True)
+    f = torch.randn(6, 1, k, k, generator=g, requires_grad=True)
+    want = F.conv2d(x, f, None, 1, k // 2, 1, 6)
+    got = depthwise_small(x, f)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    gw = torch.autograd.grad(want.square().sum(), (x, f))
+    gg = torch.autograd.grad(got.square().sum(), (x, f))
+    for a, b in zip(gg, gw):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_toeplitz_index_marks_out_of_reach_taps_as_zero():
+    idx = _toeplitz_index(4, 4, 3)              # 3x3 on 4x4: pixels more than one step apart never meet
+    assert idx.shape == (16, 16)
+    assert idx[0, 15] == 9 and idx[0, 0] == 4   # corner to corner: the zero tap; a pixel to itself: the centre
+    assert (idx < 9).sum() == sum(abs(i - j) <= 1 for i in range(4) for j in range(4)) ** 2   # 10 row pairs
+
+
+def test_pointwise_channels_last_is_a_gemm_view():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(12, 8, 1, 1, generator=g)
+    y = pointwise(x, w)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, F.conv2d(x, w), atol=1e-5, rtol=1e-5)
+
+
+def _loss_and_grads(net, x, cfg):
+    net.zero_grad(set_to_none=True)
+    net.set_active(cfg)
+    torch.manual_seed(0)                         # the same dropout mask for both nets
+    out = net(x)
+    out.square().mean().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+def _assert_grads_close(gg, gw, rel):
+    assert gw.keys() == gg.keys()
+    # gradients that vanish in exact arithmetic (a BN bias feeding another train-mode BN) are pure rounding:
+    # measure every tensor against the largest gradient in the net
+    scale = max(g.abs().max().item() for g in gw.values())
+    for n in gw:
+        torch.testing.assert_close(gg[n], gw[n], atol=rel * scale, rtol=rel, msg=n)
+
+
+@pytest.mark.parametrize("r", [24, 32])
+def test_supernet_fast_kernels_match_plain_convs(r):
+    """Train-mode forward and every parameter's gradient agree between the plain convs and the fast kernels,
+    in each memory format, for random sub-networks; channels-last agrees with NCHW in the forward and in the
+    direction of the whole gradient (torch's channels-last BN backward rounds differently, ~1e-2 of the largest
+    gradient on a random net at batch 4, as much with plain convs as with the fast kernels)."""
+    nchw = randomize(build_supernet(SPEC, seed=0), seed=2).train()
+    nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, r, r, generator=torch.Generator().manual_seed(r))
+    xl = x.contiguous(memory_format=torch.channels_last)
+    rng = np.random.default_rng(r)
+    for cfg in [SPEC.max_config(r), SPEC.min_config(r)] + [SPEC.sample(rng, [r]) for _ in range(2)]:
+        with plain_kernels():
+            want, gw = _loss_and_grads(nchw, x, cfg)
+            want_l, gw_l = _loss_and_grads(nhwc, xl, cfg)
+        got, gg = _loss_and_grads(nchw, x, cfg)
+        got_l, gg_l = _loss_and_grads(nhwc, xl, cfg)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got_l, want_l, atol=1e-5, rtol=1e-5)
+        _assert_grads_close(gg, gw, 1e-4)
+        _assert_grads_close(gg_l, gw_l, 1e-4)
+        torch.testing.assert_close(got_l, want, atol=1e-4, rtol=1e-4)
+        flat = lambda g: torch.cat([v.flatten() for v in g.values()])          # noqa: E731
+        assert F.cosine_similarity(flat(gg_l), flat(gw), dim=0) > 0.999
+
+
+def _importance(net):
+    return [b.conv.point_linear.conv.conv.weight.abs().sum(dim=(0, 2, 3)) for b in net.blocks[1:]]
+
+
+@torch.no_grad()
+def test_sort_channels_stage_one_stays_within_the_e4_slice():
+    """Published `re_organize_middle_weights(expand_ratio_stage=1)`: channels inside the e=4 slice stay inside it
+    (re-sorted among themselves), the rest are sorted among themselves; stage 0 sorts all of them."""
+    net = randomize(build_supernet(SPEC, seed=0), seed=3)
+    for b in net.blocks[1:]:      # a spread of importances so that a full sort would move channels across
+        w = b.conv.point_linear.conv.conv.weight
+        w.mul_(torch.rand(w.shape[1], generator=torch.Generator().manual_seed(w.shape[1]))[None, :, None, None])
+    before = [(b.conv.point_linear.conv.conv.weight.clone(), b.conv.depth_conv.conv.conv.weight.clone())
+              for b in net.blocks[1:]]
+    x = torch.randn(2, 3, 32, 32)
+    cfg = SubnetConfig.create(SPEC, [5] * SPEC.n_blocks, [6] * SPEC.n_blocks, [3] * SPEC.n_stages, 32)
+    net.eval().set_active(cfg)
+    out_before = net(x)
+    staged = copy.deepcopy(net)
+    staged.sort_channels(expand_ratio_stage=1)
+    moved_out = 0
+    for b, (pw0, dw0), imp in zip(staged.blocks[1:], before, _importance(staged)):
+        w4 = SPEC.mid_channels(b.conv.cin, 4)
+        # the same set of projection columns inside the e=4 slice, now in descending importance
+        cols0 = {tuple(c.flatten().tolist()) for c in pw0[:, :w4].unbind(1)}
+        cols1 = {tuple(c.flatten().tolist()) for c in b.conv.point_linear.conv.conv.weight[:, :w4].unbind(1)}
+        moved_out += len(cols0 - cols1)
+        assert torch.all(imp[:w4][:-1] >= imp[:w4][1:]) and torch.all(imp[w4:][:-1] >= imp[w4:][1:])
+    assert moved_out == 0
+    # a permutation of whole middle channels (and SE's own) leaves the widest network the same function
+    torch.testing.assert_close(staged(x), out_before, atol=1e-4, rtol=1e-4)
+    full = copy.deepcopy(net)
+    full.sort_channels()                      # stage 0: one global descending order
+    crossed = 0
+    for b, imp, (pw0, _) in zip(full.blocks[1:], _importance(full), before):
+        assert torch.all(imp[:-1] >= imp[1:])
+        w4 = SPEC.mid_channels(b.conv.cin, 4)
+        cols0 = {tuple(c.flatten().tolist()) for c in pw0[:, :w4].unbind(1)}
+        cols1 = {tuple(c.flatten().tolist()) for c in b.conv.point_linear.conv.conv.weight[:, :w4].unbind(1)}
+        crossed += len(cols0 - cols1)
+    assert crossed > 0                        # the check above would have seen a full re-sort
+
+
+def test_train_step_accumulates_over_subnets_and_steps():
+    torch.manual_seed(0)
+    net = build_supernet(SPEC, seed=0).to(memory_format=torch.channels_last).train()
+    teacher = copy.deepcopy(net).eval()
+    teacher.set_max()
+    opt = torch.optim.SGD(_param_groups(net, 5e-4), lr=0.05, momentum=0.9, nesterov=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,), generator=g)
+    rng = np.random.default_rng(0)
+    phase = Phase("expand2", 1, 0.05, 2)
+    w0 = net.classifier.linear.weight.clone()
+    losses = [train_step(net, teacher, x, y, [SPEC.sample(rng, [32]) for _ in range(phase.n_subnets)], opt)
+              for _ in range(15)]
+    assert not torch.equal(w0, net.classifier.linear.weight)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])           # it learns the fixed batch
+    assert all(np.isfinite(losses))
+
+
+def test_bench_training_smoke(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_training.py"), "--threads", "1",
+                          "--rounds", "1", "--steps", "1", "--batch", "8", "--curve-steps", "0",
+                          "--data", str(tmp_path / "none.tar.gz")],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "today (NCHW, plain convs)" in out.stdout and "depth/expand (2 sub-networks + teacher)" in out.stdout
+    assert out.stdout.count("x** |") == 3
