@@ -70,9 +70,16 @@ class _Accumulator:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn, c, n = self.bn, x.size(1), x.size(0)
-        dims = [0] + list(range(2, x.dim()))
-        mean = x.mean(dims)
-        var = (x - mean.view(1, -1, *([1] * (x.dim() - 2)))).pow(2).mean(dims)   # biased, as published
+        w = bn.weight[:c] if bn.weight is not None else None
+        b = bn.bias[:c] if bn.bias is not None else None
+        m = x.numel() // c                                    # values per channel in this batch
+        if m > 1:   # torch's fused kernel: normalises with the batch's biased variance, returns the unbiased one
+            mean, var = x.new_zeros(c), x.new_ones(c)
+            y = F.batch_norm(x, mean, var, w, b, True, 1.0, bn.eps)
+            var = var * ((m - 1) / m)                         # biased, as published
+        else:
+            var, mean = torch.var_mean(x, [0] + list(range(2, x.dim())), correction=0)
+            y = F.batch_norm(x, mean, var, w, b, False, 0.0, bn.eps)
         if self.channels is None:
             self.channels = c
             self.mean_sum = torch.zeros(c, dtype=torch.float64, device=x.device)
@@ -83,9 +90,7 @@ class _Accumulator:
         self.mean_sum += mean.double() * n
         self.var_sum += var.double() * n
         self.count += n
-        w = bn.weight[:c] if bn.weight is not None else None
-        b = bn.bias[:c] if bn.bias is not None else None
-        return F.batch_norm(x, mean, var, w, b, False, 0.0, bn.eps)
+        return y
 
     @torch.no_grad()
     def store(self) -> None:
