@@ -21,7 +21,9 @@ router = APIRouter(prefix="/subnets", tags=["subnets"])
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 CONFIG = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": 32}
 SUBNET = {"id": "9b1e0c4f2a7d", "supernet": "ofa_mbv3_cifar10", "config": CONFIG, "macs": 4100000, "params": 360000,
-          "peak_memory_bytes": 98304, "predicted_accuracy": 0.7463, "checkpoint_available": True,
+          "peak_memory_bytes": 98304, "predicted_accuracy": 0.7463, "measured_accuracy": 0.7395,
+          "measured_images": 2000, "bn_calibrated": True, "pending": [],
+          "bn_calibration": {"status": "ready", "calibration_images": 2000, "seconds": 1.9}, "checkpoint_available": True,
           "created_at": "2025-01-01T00:00:00+00:00",
           "links": {"checkpoint": "/subnets/9b1e0c4f2a7d/checkpoint?format=safetensors",
                     "net_config": "/subnets/9b1e0c4f2a7d/net.config"}}
@@ -41,7 +43,8 @@ def _load(s, store, subnet_id: str):
 
 @router.get("/{subnet_id}", summary="Get a sub-network", responses={200: example(SUBNET), **errors(404)})
 def get_subnet(subnet_id: str, s: SessionDep, store: StoreDep):
-    """Configuration, costs and predicted accuracy of a sub-network found by a search."""
+    """Configuration, costs, predicted accuracy and, where the supernet has evaluation images, the measured top-1
+    after BN recalibration (`measured_accuracy`, `measured_images`; `pending` lists what a worker still computes)."""
     row, sn, eng, cfg = _load(s, store, subnet_id)
     return {"id": row.id, "supernet": sn.name, "config": row.config, "macs": row.macs, "params": row.params,
             "peak_memory_bytes": row.peak_memory_bytes,
