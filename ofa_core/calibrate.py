@@ -403,8 +403,9 @@ def suggest_configs(spec: SupernetSpec, n: int, *, table: LatencyTable | None = 
     variance over the pool, chosen greedily, each as if its timing were known before the next is chosen (so they
     spread over the feature space and the families), conditioned on the configs already timed (`observed`).
 
-    `table`: the current table (its means are the model's mean; without one the cost-model features set the
-    shape); `hyper`: the model's prior variances (default: `DEFAULT_HYPER`). Returns (encoded configs, their
+    `table`: a table whose means set the model's mean (default: the cost-model features' equal-share shape,
+    which in bench/bench_calibration.py chose better timings than a table fitted on a few timings);
+    `hyper`: the prior variances (default: `DEFAULT_HYPER`). Returns (encoded configs, their
     relative predictive standard deviation before any of them is timed)."""
     if n < 1:
         raise ValueError("n must be at least 1")
