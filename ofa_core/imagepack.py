@@ -22,7 +22,7 @@ import numpy as np
 
 from .data import ImageArray, _decode, load_dataset
 
-__all__ = ["save_encoded", "load_image_set", "image_set_sha256", "packaged_sets", "MAX_MEMBER_BYTES"]
+__all__ = ["save_encoded", "load_image_set", "check_image_set", "image_set_sha256", "packaged_sets", "MAX_MEMBER_BYTES"]
 
 _ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 _PACKAGED = {"ofa_mbv3_cifar10": ("ofa_mbv3_cifar10_bn_calib.npz", "ofa_mbv3_cifar10_eval.npz")}
@@ -74,6 +74,17 @@ def image_set_sha256(path: str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_image_set(path: str) -> None:
+    """Raise ValueError unless `path` is a readable compact image set (arrays present; images not decoded)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = set(z.files)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable .npz image set ({type(e).__name__}: {e})") from None
+    if not {"labels", "classes"} <= names or not ("images" in names or {"jpeg", "offsets"} <= names):
+        raise ValueError(f"{path}: an image set needs labels, classes and images (or jpeg + offsets) arrays")
 
 
 def _load_npz(path: str, image_size: int | None) -> ImageArray:

@@ -39,10 +39,18 @@ def _accuracy_ready(sets, row) -> bool:
     return row is not None and row.status == "ready" and (sets.eval_key is None or row.eval_key == sets.eval_key)
 
 
+def _broken(eng) -> str | None:
+    sets = getattr(eng, "image_sets", None)
+    return getattr(sets, "error", None) if sets is not None else None
+
+
 def fields(eng, row) -> dict[str, Any]:
     """The calibration part of a result / sub-network: bn_calibrated, measured_accuracy (+ images) and the fields
     still pending."""
     sets = _sets(eng)
+    if _broken(eng):
+        return {"bn_calibrated": False, "measured_accuracy": None, "measured_images": None, "pending": [],
+                "bn_calibration": {"status": "unavailable", "error": _broken(eng), "setting": CALIB_SETTING}}
     if sets is None:
         return {"bn_calibrated": False, "measured_accuracy": None, "measured_images": None, "pending": [],
                 "bn_calibration": {"status": "not_configured", "setting": CALIB_SETTING}}
@@ -103,6 +111,9 @@ def served_bn(s: Session, eng, settings, celery, subnet_id: str) -> ServedBN | N
     """The statistics a download must carry: the recalibrated ones, None where no calibration data is configured
     (the supernet's sliced statistics, said so in the file and the headers). Raises CalibrationPending (503,
     after making sure a worker computes them) or CalibrationFailed."""
+    if _broken(eng) and eng.has_weights:   # configured but unreadable: refuse rather than serve uncalibrated
+        raise CalibrationFailed(subnet_id, f"the calibration images could not be loaded ({_broken(eng)}); fix "
+                                f"{CALIB_SETTING}")
     sets = _sets(eng)
     if sets is None:
         return None

@@ -16,7 +16,7 @@ from typing import Any
 
 from ofa_core.bn import bn_stats_from_bytes
 from ofa_core.data import ImageArray
-from ofa_core.imagepack import image_set_sha256, load_image_set, packaged_sets
+from ofa_core.imagepack import check_image_set, image_set_sha256, load_image_set, packaged_sets
 from ofa_core.measure import BNRecipe, Measurement, measure_subnet, preprocessing, set_key
 from ofa_core.spec import SubnetConfig, SupernetSpec
 
@@ -52,6 +52,7 @@ class ImageSets:
                          if self.eval_sha else None)
         self._data: dict[str, ImageArray] = {}
         self._lock = threading.Lock()
+        self.error: str | None = None     # configured images that failed to load (the store sets it)
 
     @classmethod
     def from_settings(cls, spec: SupernetSpec, settings) -> "ImageSets":
@@ -61,6 +62,8 @@ class ImageSets:
         for what, path, env in (("calibration", calib, CALIB_SETTING), ("evaluation", evaluation, EVAL_SETTING)):
             if path and not os.path.exists(path):
                 raise FileNotFoundError(f"{what} images {path!r} ({env}) do not exist")
+            if path and path.endswith(".npz"):
+                check_image_set(path)       # readable, the right arrays (not decoded here)
         recipe = BNRecipe(n_images=settings.calibration_images, batch_size=settings.calibration_batch_size)
         return cls(spec, calib, evaluation, recipe, settings.evaluation_max_images)
 

@@ -59,6 +59,7 @@ class SupernetStore:
                 log.exception("calibration images failed to load", extra={"supernet": name})
                 self.errors[name] = f"calibration images: {type(e).__name__}: {e}"
                 eng.image_sets = ImageSets(spec, None, None)
+                eng.image_sets.error = f"{type(e).__name__}: {e}"   # downloads refuse (409) rather than serve uncalibrated
             self.engines[name] = eng
             log.info("supernet registered", extra={"supernet": name, "version": eng.version,
                                                    "weights": weights if eng.has_weights else None,

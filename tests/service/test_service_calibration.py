@@ -175,3 +175,25 @@ def test_apply_matches_served_safetensors(env):
             torch.testing.assert_close(sd[k], want[k], rtol=1e-5, atol=1e-6)
         else:
             assert torch.equal(sd[k], want[k]), k
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt"])
+def test_unusable_calibration_images_refuse_downloads(case, settings_factory, tmp_path):
+    """Configured calibration images that do not exist or cannot be read: downloads answer 409 naming the
+    problem, never the uncalibrated statistics; the supernet reports the load error."""
+    from ofa_service_testlib import _make_env
+    from service.supernets.store import SupernetStore
+    bad = tmp_path / "broken.npz"
+    if case == "corrupt":
+        bad.write_bytes(b"not a zip")
+    s = settings_factory("sqlite", calibration_data={SPEC: str(bad)})
+    env = _make_env(s, SupernetStore(s).load())
+    try:
+        assert "calibration images" in env.client.get(f"/supernets/{SPEC}").json()["load_error"]
+        res = _search(env)["result"]
+        assert res["bn_calibrated"] is False and res["bn_calibration"]["status"] == "unavailable"
+        r = env.client.get(f"/subnets/{res['subnet_id']}/checkpoint?format=onnx")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "bn_calibration_failed"
+        assert "OFA_CALIBRATION_DATA" in r.json()["error"]["message"]
+    finally:
+        env.client.__exit__(None, None, None)
