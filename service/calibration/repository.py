@@ -31,7 +31,7 @@ def request(s: Session, subnet_id: str, supernet_version: str, calib_key: str) -
 def touch(s: Session, row_id: int, older_than) -> bool:
     """Move requested_at to now if it is older than `older_than` (one caller wins): True when this call did."""
     r = s.execute(update(SubnetCalibration).where(SubnetCalibration.id == row_id,
-                                                  SubnetCalibration.status == "pending",
+                                                  SubnetCalibration.status != "failed",
                                                   SubnetCalibration.requested_at < older_than)
                   .values(requested_at=utcnow()))
     return r.rowcount == 1

@@ -89,7 +89,7 @@ def request(s: Session, eng, settings, celery, subnet_id: str, row=None) -> bool
         row = repo.get(s, subnet_id, eng.version, sets.calib_key) if not publish else None
     else:
         publish = False
-    if row is not None and row.status == "pending":
+    if row is not None and row.status != "failed" and not _accuracy_ready(sets, row):   # pending, or a stale eval
         publish = repo.touch(s, row.id, utcnow() - dt.timedelta(seconds=settings.calibration_retry_s))
     s.commit()
     if publish:

@@ -197,3 +197,29 @@ def test_unusable_calibration_images_refuse_downloads(case, settings_factory, tm
         assert "OFA_CALIBRATION_DATA" in r.json()["error"]["message"]
     finally:
         env.client.__exit__(None, None, None)
+
+
+def test_changed_evaluation_set_is_measured_again(sqlite_env, tmp_path):
+    """Same calibration set, another evaluation set: the stored statistics are still served, measured_accuracy is
+    pending until a worker measures on the new set (published again by the next request for it)."""
+    from ofa_service_assets import make_image_sets
+    from ofa_service_testlib import _make_env
+    from service.calibration.service import calibrate_by_id, request
+    from service.supernets.store import SupernetStore
+    env = sqlite_env
+    res = _search(env)["result"]
+    assert res["measured_images"] == 200
+    _, small_eval = make_image_sets(str(tmp_path), n_eval=100)
+    s2 = env.settings.model_copy(update={"evaluation_data": {SPEC: small_eval}, "calibration_retry_s": 0.0})
+    env2 = _make_env(s2, SupernetStore(s2).load())
+    try:
+        sub = env2.client.get(f"/subnets/{res['subnet_id']}").json()
+        assert sub["bn_calibrated"] is True and sub["pending"] == ["measured_accuracy"]
+        assert env2.client.get(f"/subnets/{res['subnet_id']}/checkpoint").headers["x-bn-calibrated"] == "true"
+        with env2.db.session() as s:      # the answer's request publishes the task (a worker would run it)
+            assert request(s, env2.store.get(SPEC), s2, env2.app.state.celery, res["subnet_id"]) is True
+        assert calibrate_by_id(env2.db, env2.store, res["subnet_id"]) == "ready"
+        sub = env2.client.get(f"/subnets/{res['subnet_id']}").json()
+        assert sub["pending"] == [] and sub["measured_images"] == 100
+    finally:
+        env2.client.__exit__(None, None, None)
