@@ -21,6 +21,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import yaml
 
+from . import safeyaml
+from .safeyaml import excerpt
 from .spec import SubnetConfig, SupernetSpec, as_encoded_batch, get_spec
 
 SOURCES = ("imported", "measured", "calibrated")
@@ -411,20 +413,22 @@ class LatencyTable:
 # Parsing helpers
 # ----------------------------------------------------------------------------------------------------
 def _entry(key: Any, value: Any, r: int, line: int | None = None) -> LatencyEntry:
-    where = f"r={r} key {key!r}" + (f" (line {line})" if line else "")
+    where = f"r={r} key {excerpt(key, 200)}" + (f" (line {line})" if line else "")
     if isinstance(value, LatencyEntry):
         return value
     if not isinstance(value, Mapping):
-        raise LatencyTableError(f"{where}: expected a mapping with mean/std/count, got {value!r}")
+        raise LatencyTableError(f"{where}: expected a mapping with mean/std/count, got {excerpt(value)}")
     if "mean" not in value:
         raise LatencyTableError(f"{where}: missing 'mean'")
     vals = {}
     for name, default in (("mean", None), ("std", 0.0), ("count", 0)):
         v = value.get(name, default)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-            raise LatencyTableError(f"{where}: {name} must be a finite number, got {v!r}")
+            raise LatencyTableError(f"{where}: {name} must be a finite number, got {excerpt(v)}")
         if float(v) < 0:
-            raise LatencyTableError(f"{where}: {name} must be non-negative, got {v!r}")
+            raise LatencyTableError(f"{where}: {name} must be non-negative, got {excerpt(v)}")
+        if name == "count" and isinstance(v, float) and not v.is_integer():
+            raise LatencyTableError(f"{where}: count must be a whole number, got {excerpt(v)}")
         vals[name] = v
     return LatencyEntry(float(vals["mean"]), float(vals["std"]), int(vals["count"]))
 
@@ -434,7 +438,7 @@ def parse_yaml_table(path_or_text: str | os.PathLike, r: int) -> dict[str, Laten
     text = _read_maybe_path(path_or_text)
     name = str(path_or_text) if _is_path(path_or_text) else f"r={r} YAML"
     try:
-        data = yaml.safe_load(text)
+        data = safeyaml.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextlib import asynccontextmanager
 
@@ -74,8 +75,11 @@ def create_app(settings: Settings | None = None, store: SupernetStore | None = N
     app.state.celery = make_celery(settings)
     from service.ratelimit import RateLimiter
     app.state.rate_limiter = RateLimiter(settings)
+    app.state.specialize_gate = threading.BoundedSemaphore(max(1, settings.specialize_concurrency))
     install_error_handlers(app)
 
+    from service.validation import InputGuard
+    app.add_middleware(InputGuard)
     app.add_middleware(ObserveMiddleware)
 
     from service.devices.endpoints import router as devices

@@ -146,7 +146,12 @@ class RangeNotSatisfiable(ServiceError):
 
 
 class ServiceUnavailable(ServiceError):
+    """503, always with Retry-After."""
     status_code, code = 503, "service_unavailable"
+
+    def __init__(self, message: str, **details: Any):
+        super().__init__(message, **details)
+        self.headers = {"Retry-After": "5"}
 
 
 class BrokerUnavailable(ServiceUnavailable):

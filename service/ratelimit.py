@@ -1,7 +1,7 @@
 """Rate limit on searches: at most `rate_limit_searches` per `rate_limit_window_s` (fixed window) for each API key,
 or for each client address without a key. Counters live in Redis when the broker is Redis (shared by every API
 replica: INCR + EXPIRE, with a 0.5 s socket timeout; if Redis does not answer the request is let through and
-logged, the broker's own 503 follows), else in this process's memory (the embedded default runs one API process).
+logged, and Redis is not asked again for 5 s; the broker's own 503 follows), else in this process's memory (the embedded default runs one API process).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from service.errors import RateLimited
 
 log = logging.getLogger("ofa.ratelimit")
 MAX_TRACKED = 100_000
+BREAKER_S = 5.0
 
 
 class RateLimiter:
@@ -25,6 +26,7 @@ class RateLimiter:
             self._redis = redis.Redis.from_url(settings.broker_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._counts: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
+        self._down_until = 0.0
 
     def _count(self, ident: str, bucket: int) -> int:
         if self._redis is not None:
@@ -47,9 +49,12 @@ class RateLimiter:
             return
         now = time.time()
         bucket = int(now // self.window)
+        if time.monotonic() < self._down_until:      # Redis failed moments ago: do not wait on it again
+            return
         try:
             n = self._count(ident, bucket)
         except Exception as e:
+            self._down_until = time.monotonic() + BREAKER_S
             log.warning("rate limit store unavailable; not limiting", extra={"error": type(e).__name__})
             return
         if n > self.limit:

@@ -5,7 +5,8 @@ Each pass, for every job whose timestamp (`heartbeat_at`) is older than `job_lea
 - a running job whose worker stopped heartbeating (killed pool child or whole worker): queued again and
   re-published, or failed (`worker_lost`) once it used `job_max_attempts` attempts, or cancelled if that was asked;
 - a queued job published more than a lease ago (the API died between commit and publish, the broker lost its
-  data, the embedded SQL broker kept a killed worker's message invisible): re-published.
+  data, the embedded SQL broker kept a killed worker's message invisible): re-published, then again after
+  doubling intervals (a job merely waiting behind a long queue gets only log2(wait / lease) duplicates).
 Every change is one conditional UPDATE, so several sweepers (one per worker) never publish the same job twice in a
 period, and a duplicate message is harmless anyway (claim() is atomic; a finished job's task returns at once).
 A job is therefore picked up again at most `job_lease_s + job_sweep_s` after its worker died.
@@ -30,7 +31,7 @@ def sweep(db, celery, settings) -> dict[str, int]:
     counts = {"requeued": 0, "republished": 0, "failed": 0, "cancelled": 0, "publish_errors": 0}
     with db.session() as s:
         rows = job_repo.needing_recovery(s, lease)
-    for job_id, status, attempts, cancel in rows:
+    for job_id, status, attempts, cancel, created_at in rows:
         with db.session() as s:
             if status == "running" and cancel:
                 done = job_repo.finish_expired(s, job_id, lease, "cancelled",
@@ -45,7 +46,7 @@ def sweep(db, celery, settings) -> dict[str, int]:
                 counts["failed"] += done
                 continue
             took = job_repo.requeue_expired(s, job_id, lease) if status == "running" \
-                else job_repo.touch_orphan(s, job_id, lease)
+                else job_repo.touch_orphan(s, job_id, lease, created_at)
         if not took:
             continue                   # another sweeper (or a redelivered task) got there first
         try:

@@ -14,6 +14,7 @@ from service.engine import tables as T
 from service.errors import DeviceNotFound, MalformedTable, PayloadTooLarge, ValidationFailed
 from service.jobs import queue as Q
 from service.openapi import errors
+from service.validation import MAX_DB_INT, check_name, check_text
 from . import calibration
 from . import repository as repo
 from . import service
@@ -112,9 +113,10 @@ def _enqueue_front(request: Request, device_id: int, table_id: int, supernet: st
 
 
 @router.get("", response_model=DevicePage, summary="List devices")
-def list_devices(s: SessionDep, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
-                 supernet: str | None = None, q: str | None = Query(None, description="name contains"),
-                 kind: str | None = Query(None, description="uploaded | calibrated | profiled")):
+def list_devices(s: SessionDep, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INT),
+                 supernet: str | None = Query(None, max_length=128),
+                 q: str | None = Query(None, max_length=128, description="name contains"),
+                 kind: str | None = Query(None, max_length=32, description="uploaded | calibrated | profiled")):
     """Devices by name, filtered by supernet, name substring and kind; paginated."""
     rows, total = repo.list_devices(s, offset, limit, supernet, q, kind)
     return DevicePage(items=[service.device_out(s, d) for d in rows], total=total, limit=limit, offset=offset)
@@ -128,7 +130,8 @@ def get_device(name: str, s: SessionDep):
 
 @router.get("/{name}/latency-table", response_class=PlainTextResponse, summary="Download a latency table",
             responses={200: {"content": TABLE_TEXT}, **errors(404, 422)})
-def get_table(name: str, s: SessionDep, format: Literal["yaml", "json"] = "yaml", version: int | None = None):
+def get_table(name: str, s: SessionDep, format: Literal["yaml", "json"] = "yaml",
+              version: int | None = Query(None, ge=1, le=MAX_DB_INT)):
     """The current (or a given) table version as YAML or JSON; re-uploads as an equal table."""
     d = service.get_device(s, name)
     t = repo.table_version(s, d, version) if version else repo.current_table(s, d)
@@ -149,15 +152,16 @@ async def create_device(request: Request, s: SessionDep, store: StoreDep, settin
     """Register a device with its latency table: raw YAML/JSON body (query `name`, `supernet`) or multipart
     with one `<r>_lookup_table.yaml` file per resolution (form fields `name`, `supernet`, `description`)."""
     docs, fields = await _table_docs(request, settings.max_table_bytes, format)
-    name = fields.get("name") or name
-    if not name:
-        raise ValidationFailed("name", "missing device name")
-    supernet = fields.get("supernet") or supernet or settings.default_supernet
-    table = service.parse_upload(store, supernet, docs)
-    d, t = service.create_device(s, store, name, supernet, fields.get("description", description), table,
-                                 batch_size=_batch(fields, batch_size))
-    _enqueue_front(request, d.id, t.id, supernet)
-    return service.device_out(s, d, detail=True)
+
+    def work():   # parsing, validation, the database and the broker: off the event loop
+        name_ = check_name("name", fields.get("name") or name or "")
+        supernet_ = check_text("supernet", fields.get("supernet") or supernet or settings.default_supernet, 128)
+        desc = check_text("description", fields.get("description", description))
+        table = service.parse_upload(store, supernet_, docs)
+        d, t = service.create_device(s, store, name_, supernet_, desc, table, batch_size=_batch(fields, batch_size))
+        _enqueue_front(request, d.id, t.id, supernet_)
+        return service.device_out(s, d, detail=True)
+    return await run_in_threadpool(work)
 
 
 @router.put("/{name}", response_model=DeviceOut, openapi_extra=TABLE_BODY, summary="Upload a new table version",
@@ -167,13 +171,16 @@ async def new_version(name: str, request: Request, s: SessionDep, store: StoreDe
                       batch_size: int | None = Query(None, ge=1, le=4096, description="the batch the table was timed at "
                                                                                    "(ms per batch; default 1)")):
     """Upload a new table version; jobs already created keep the version they were created with."""
-    d = service.get_device(s, name)
+    d = await run_in_threadpool(service.get_device, s, name)
     docs, fields = await _table_docs(request, settings.max_table_bytes, format)
-    table = service.parse_upload(store, d.supernet.name, docs)
-    t = service.add_version(s, d, table, "uploaded", {}, fields.get("description", description),
-                            batch_size=_batch(fields, batch_size))
-    _enqueue_front(request, d.id, t.id, d.supernet.name)
-    return service.device_out(s, d, detail=True)
+
+    def work():   # parsing, validation, the database and the broker: off the event loop
+        desc = check_text("description", fields.get("description", description))
+        table = service.parse_upload(store, d.supernet.name, docs)
+        t = service.add_version(s, d, table, "uploaded", {}, desc, batch_size=_batch(fields, batch_size))
+        _enqueue_front(request, d.id, t.id, d.supernet.name)
+        return service.device_out(s, d, detail=True)
+    return await run_in_threadpool(work)
 
 
 @router.post("/{name}/timings", response_model=DeviceOut, status_code=201, openapi_extra=TIMINGS_BODY,
@@ -203,6 +210,7 @@ def _timings_work(request: Request, s, store, settings, name: str, data: bytes, 
     except ValidationError as e:
         err = e.errors()[0]
         raise ValidationFailed(".".join(str(p) for p in err["loc"]) or "body", err["msg"]) from None
+    check_text("description", body.description)
     d = repo.get_by_name(s, name)
     if d is None and create:
         d, t = service.create_from_timings(store, s, name, body.supernet or settings.default_supernet, body)

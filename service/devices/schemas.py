@@ -46,7 +46,7 @@ class DevicePage(BaseModel):
 
 class Timing(BaseModel):
     config: dict[str, Any]
-    latency_ms: float = Field(gt=0, lt=1e7, description="measured ms for one batch of `batch_size`")
+    latency_ms: float = Field(gt=0, lt=1e7, strict=True, description="measured ms for one batch of `batch_size`")
 
 
 class TimingsIn(BaseModel):

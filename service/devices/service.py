@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from service.engine import tables as T
 from service.errors import DeviceExists, DeviceNotFound, MalformedTable, SupernetNotFound, ValidationFailed
 from service.supernets import repository as supernet_repo
+from service.validation import check_name
 from service.supernets.store import SupernetStore
 from . import calibration
 from . import repository as repo
@@ -44,8 +45,7 @@ def create_device(s: Session, store: SupernetStore, name: str, supernet: str, de
                   kind: str = "uploaded", source: str = "uploaded", provenance: dict | None = None,
                   batch_size: int = 1):
     """Create device + table version 1 in one transaction (commits); returns (device, table row)."""
-    if not name or len(name) > 128 or any(c in name for c in "/?#% "):
-        raise ValidationFailed("name", "a device name is 1-128 characters without / ? # % or spaces")
+    check_name("name", name)
     sn = _supernet_row(s, store, supernet)
     if repo.get_by_name(s, name) is not None:
         raise DeviceExists(name)
@@ -79,8 +79,7 @@ def calibrate(store: SupernetStore, s: Session, device, body) -> Any:
 
 def create_from_timings(store: SupernetStore, s: Session, name: str, supernet: str, body):
     """A new device whose first table is calibrated from its timings alone (cost-model prior); commits."""
-    if not name or len(name) > 128 or any(c in name for c in "/?#% "):
-        raise ValidationFailed("name", "a device name is 1-128 characters without / ? # % or spaces")
+    check_name("name", name)
     sn = _supernet_row(s, store, supernet)
     if repo.get_by_name(s, name) is not None:
         raise DeviceExists(name)

@@ -16,8 +16,11 @@ import json
 import re
 from typing import Any, Mapping
 
+import numpy as np
 import yaml
 
+from ofa_core import safeyaml
+from ofa_core.safeyaml import excerpt
 from ofa_core.latency import LatencyEntry, LatencyTable, LatencyTableError, parse_yaml_table
 from ofa_core.spec import SupernetSpec
 
@@ -63,19 +66,38 @@ def load_document(data: bytes | str, fmt: str | None = None) -> Any:
     return _load(text, _is_json(text, fmt))
 
 
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {excerpt(k)}")
+        out[k] = v
+    return out
+
+
 def _load(text: str, as_json: bool) -> Any:
+    """JSON (no NaN/Infinity, no duplicate keys) or YAML (no anchors/aliases, no duplicate keys: ofa_core.safeyaml,
+    so nothing expands); errors quote at most a short excerpt."""
     if as_json:
         try:
-            return json.loads(text)
+            return json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
         except json.JSONDecodeError as e:
             raise TableError(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", line=e.lineno) from None
+        except (ValueError, RecursionError) as e:       # duplicate key, NaN/Infinity, an integer of 4300+ digits
+            raise TableError(f"invalid JSON: {str(e)[:200]}") from None
     try:
-        return yaml.safe_load(text)
+        return safeyaml.load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise TableError(f"invalid YAML{f' at line {line}' if line else ''}: {getattr(e, 'problem', e)}",
+        raise TableError(f"invalid YAML{f' at line {line}' if line else ''}: {str(getattr(e, 'problem', e))[:200]}",
                          line=line) from None
+    except (ValueError, RecursionError) as e:
+        raise TableError(f"invalid YAML: {str(e)[:200]}") from None
 
 
 def _resolution(text_or_keys: str, filename: str | None) -> int:
@@ -142,11 +164,37 @@ def parse_upload(spec: SupernetSpec, docs: list[tuple[bytes, str | None, str | N
     return latency_table(spec, merged).tables
 
 
+MAX_ENTRY_MS = 1e6          # one operator taking over 1000 s is not a latency
+MAX_COUNT = 2**31 - 1       # what the database's count column holds
+MAX_KEY = 512               # the database's key column
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_bounds(t: LatencyTable) -> None:
+    """Every key storable and printable, every number bounded, every sub-network's sum finite."""
+    for r, entries in t.tables.items():
+        for k, e in entries.items():
+            if len(k) > MAX_KEY:
+                raise TableError(f"r={r}: operator key of {len(k)} characters (at most {MAX_KEY})", key=k[:80])
+            if _CONTROL.search(k):
+                raise TableError(f"r={r}: operator key {excerpt(k)} holds a control character", key=k[:80])
+            for name, v, hi in (("mean", e.mean, MAX_ENTRY_MS), ("std", e.std, MAX_ENTRY_MS),
+                                ("count", e.count, MAX_COUNT)):
+                if not (0 <= v <= hi):
+                    raise TableError(f"r={r} key {excerpt(k)}: {name} {excerpt(v)} is out of range [0, {hi:g}]",
+                                     key=k[:200])
+    worst = t.fixed_lat.max() + t.block_lat.max(axis=(2, 3)).sum(axis=1).max()
+    if not np.isfinite(worst):
+        raise TableError("the table's latencies do not sum to a finite number")
+
+
 def latency_table(spec: SupernetSpec, table: Mapping[int, Mapping[str, Any]]) -> LatencyTable:
     try:
-        return LatencyTable(spec, table)
+        t = LatencyTable(spec, table)
     except LatencyTableError as e:
         raise _table_error(e) from None
+    _check_bounds(t)
+    return t
 
 
 def table_sha256(table: Table) -> str:

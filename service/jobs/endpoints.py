@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service.auth.service import CallerDep, KeyedCallerDep
 from service.db.session import SessionDep
 from service.deps import CeleryDep, SettingsDep, StoreDep
-from service.errors import JobNotFound
+from service.errors import JobNotFound, ServiceUnavailable
 from service.metrics import JOBS_CREATED, SPECIALIZE_ANSWERS
 from service.openapi import errors
 from . import service
@@ -42,7 +42,13 @@ def specialize(body: SpecializeRequest, request: Request, s: SessionDep, store: 
     `OFA_RATE_LIMIT_WINDOW_S` per key, or per client address without one (429 with Retry-After)."""
     service.check_search_policy(settings, body, caller.key_id is not None)
     request.app.state.rate_limiter.hit(caller.identity)
-    job, answered = service.specialize(s, store, settings, celery, body, owner_key_id=caller.key_id)
+    gate = request.app.state.specialize_gate     # a few at a time: a burst waits here without holding the GIL
+    if not gate.acquire(timeout=30):
+        raise ServiceUnavailable("too many concurrent searches being prepared; retry shortly")
+    try:
+        job, answered = service.specialize(s, store, settings, celery, body, owner_key_id=caller.key_id)
+    finally:
+        gate.release()
     out = service.job_out(job)
     if answered:
         SPECIALIZE_ANSWERS.labels(job.source if job.source == "pareto" else "cache").inc()

@@ -70,16 +70,24 @@ def lease_left_s(job: Job, lease_s: float) -> float:
     return max(0.0, lease_s - (utcnow() - hb).total_seconds())
 
 
-def needing_recovery(s: Session, lease_s: float, limit: int = 200) -> list[tuple[str, str, int, bool]]:
-    """(id, status, attempts, cancel_requested) of expired running jobs and orphaned queued ones, oldest first."""
-    rows = s.execute(select(Job.id, Job.status, Job.attempts, Job.cancel_requested)
+def needing_recovery(s: Session, lease_s: float, limit: int = 200) -> list[tuple[str, str, int, bool, dt.datetime]]:
+    """(id, status, attempts, cancel_requested, created_at) of expired running jobs and orphaned queued ones,
+    oldest first."""
+    rows = s.execute(select(Job.id, Job.status, Job.attempts, Job.cancel_requested, Job.created_at)
                      .where(or_(_expired(lease_s), _orphan(lease_s))).order_by(Job.created_at).limit(limit))
-    return [(r[0], r[1], int(r[2] or 0), bool(r[3])) for r in rows]
+    return [(r[0], r[1], int(r[2] or 0), bool(r[3]), r[4]) for r in rows]
 
 
-def touch_orphan(s: Session, job_id: str, lease_s: float) -> bool:
-    """Mark an orphaned queued job as published now; True for the one caller that should publish it."""
-    res = s.execute(update(Job).where(Job.id == job_id, _orphan(lease_s)).values(heartbeat_at=utcnow())
+def touch_orphan(s: Session, job_id: str, lease_s: float, created_at: dt.datetime | None = None) -> bool:
+    """Mark a queued job published more than a lease ago as published now; True for the one caller that should
+    publish it. With `created_at`, the next time it counts as orphaned backs off to double its age (a job that
+    only waits behind a long queue gets a few duplicate messages, log2(wait / lease), not one per lease)."""
+    now = utcnow()
+    mark = now
+    if created_at is not None:
+        c = created_at if created_at.tzinfo else created_at.replace(tzinfo=dt.timezone.utc)
+        mark = now + max(dt.timedelta(0), (now - c) - dt.timedelta(seconds=lease_s))
+    res = s.execute(update(Job).where(Job.id == job_id, _orphan(lease_s)).values(heartbeat_at=mark)
                     .execution_options(synchronize_session=False))
     return res.rowcount == 1
 

@@ -121,3 +121,16 @@ def sqlite_env(settings_factory, shared_store):
 
 
 from ofa_live import live_service  # noqa: E402,F401  (session fixture: a running `ofa serve`)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The figures of the fault-injection suite (tests/service/test_service_faults.py), when it ran."""
+    from ofa_faultlib import FIGURES
+    if not FIGURES:
+        return
+    terminalreporter.section("fault-injection figures")
+    for name, values in FIGURES.items():
+        shown = sum(values) if name.startswith(("kills", "jobs finished")) else \
+            (max(values) if len(values) > 1 else values[0])
+        detail = "" if len(values) == 1 or name.startswith(("kills", "jobs")) else f"  (max of {values})"
+        terminalreporter.write_line(f"{name}: {shown}{detail}")
