@@ -118,6 +118,12 @@ class SupernetEngine:
             digest.update(file_sha256(predictor_path).encode())
         self.version = f"{spec.version}-{digest.hexdigest()[:12]}"
 
+    def forget_tables(self) -> None:
+        """Drop what is cached per table id (efficiency, fronts): ids restart when a database is re-created
+        under a running store (the tests share one store across databases)."""
+        self._efficiency = _LRU(32)
+        self._fronts = _LRU(64)
+
     @property
     def has_weights(self) -> bool:
         return self.supernet is not None

@@ -6,8 +6,17 @@ import numpy as np
 
 from bench.calib_devices import DEVICES, device_table, timings as measure
 
+import pytest
+
 SPEC = "ofa_mbv3_cifar10"
 SEARCH = {"population": 16, "generations": 5, "seed": 0}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_table_caches(shared_store):
+    """Table ids restart with every test database; the shared store must not answer from another one's."""
+    for eng in shared_store.engines.values():
+        eng.forget_tables()
 
 
 def _timed(spec, dev, configs, seed):
