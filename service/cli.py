@@ -55,6 +55,30 @@ def cmd_create_api_key(args) -> int:
     return 0
 
 
+def cmd_list_api_keys(args) -> int:
+    from service.auth.service import list_api_keys
+    from service.db.session import Database
+    _ready_database(_settings())
+    rows = list_api_keys(Database(_settings().database_url))
+    print(f"{'id':>4}  {'prefix':<14} {'state':<8} {'last used':<20} name")
+    for k in rows:
+        used = k["last_used_at"].strftime("%Y-%m-%d %H:%M:%S") if k["last_used_at"] else "never"
+        print(f"{k['id']:>4}  {k['prefix']:<14} {'revoked' if k['revoked'] else 'active':<8} {used:<20} {k['name']}")
+    return 0
+
+
+def cmd_revoke_api_key(args) -> int:
+    from service.auth.service import revoke_api_key
+    from service.db.session import Database
+    _ready_database(_settings())
+    n = revoke_api_key(Database(_settings().database_url), args.key)
+    if not n:
+        print(f"no active API key with id or prefix {args.key!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {n} key(s)")
+    return 0
+
+
 def _store_and_db():
     from service.db.session import Database
     from service.supernets.store import SupernetStore
@@ -173,7 +197,8 @@ def cmd_serve(args) -> int:
     os.makedirs(s.var_dir, exist_ok=True)
     upgrade(s.database_url)
     worker = subprocess.Popen(_worker_argv(s, args.concurrency, "solo" if args.concurrency == 1 else "prefork"),
-                              env=os.environ.copy())
+                              env={**os.environ, "OFA_PARENT_PID": str(os.getpid())}, preexec_fn=_die_with_parent)
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_exit)   # SIGTERM stops the worker too, as Ctrl-C does
     try:
         if s.auto_profile_host and not args.no_profile:
             _, db, store = _store_and_db()
@@ -190,12 +215,37 @@ def cmd_serve(args) -> int:
         from service.app import create_app
         uvicorn.run(create_app(s), host=args.host, port=args.port, log_config=None)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        signal.signal(signal.SIGTERM, previous)
+        _stop_worker(worker)
     return 0
+
+
+def _sigterm_as_exit(signum, frame):
+    """SIGTERM (kill, systemd, container runtimes) ends `ofa serve` through its `finally` like Ctrl-C: uvicorn
+    stops gracefully and re-raises the signal after shutdown, which lands here instead of killing the process
+    before the worker is stopped."""
+    raise SystemExit(128 + signum)
+
+
+def _die_with_parent() -> None:
+    """In the worker child: the kernel sends it SIGTERM when `ofa serve` dies, even by SIGKILL (Linux; the
+    worker's sweeper thread also checks OFA_PARENT_PID elsewhere)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop_worker(worker: subprocess.Popen) -> None:
+    if worker.poll() is not None:
+        return
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait(timeout=5)
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -219,6 +269,11 @@ def _parser() -> argparse.ArgumentParser:
     k = add("create-api-key", "create an API key for write endpoints (printed once)")
     k.add_argument("--name", default="default", help="a name to recognise the key by")
     k.set_defaults(fn=cmd_create_api_key)
+    lk = add("list-api-keys", "list API keys: id, stored prefix (reveals nothing of the secret), name, state")
+    lk.set_defaults(fn=cmd_list_api_keys)
+    rk = add("revoke-api-key", "revoke an API key (by the id or the prefix that list-api-keys shows)")
+    rk.add_argument("key", help="id or prefix (ofa_xxxxxxxx)")
+    rk.set_defaults(fn=cmd_revoke_api_key)
     t = add("import-table", "import <r>_lookup_table.yaml files as a device's new table version (an identical "
                             "table is not imported again)")
     t.add_argument("device", help="device name (created if new)")

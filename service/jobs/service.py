@@ -80,10 +80,15 @@ def infeasible(minima: dict[str, float], constraints: dict[str, float], error: I
         return InfeasibleConstraints(
             f"no sub-network within the constraints reaches accuracy_floor {floor:g}; best achievable predicted "
             f"accuracy: {best:.4f}", mins, violated=["accuracy_floor"], best_accuracy=best)
-    violated = [k for k, v in constraints.items() if minima[k] > v] or sorted(error.minima if error else constraints)
+    smallest = "; smallest achievable: " + ", ".join(f"{k} = {minima[k]:g}" for k in METRICS)
+    violated = [k for k, v in constraints.items() if minima[k] > v]
+    if violated:
+        return InfeasibleConstraints("no sub-network meets " + ", ".join(f"{k} <= {constraints[k]:g}" for k in violated)
+                                     + smallest, mins, violated=violated)
+    violated = sorted(constraints)        # each is achievable alone, not all of them at once
     return InfeasibleConstraints(
-        "no sub-network meets " + ", ".join(f"{k} <= {constraints[k]:g}" for k in violated if k in constraints)
-        + "; smallest achievable: " + ", ".join(f"{k} = {minima[k]:g}" for k in METRICS), mins, violated=violated)
+        "no sub-network meets all of " + ", ".join(f"{k} <= {constraints[k]:g}" for k in violated)
+        + " together (each alone is achievable)" + smallest, mins, violated=violated, jointly=True)
 
 
 def check_floor(eng: SupernetEngine, eff, constraints: dict[str, float], floor: float, options: dict[str, int],

@@ -18,7 +18,7 @@ from service.supernets import repository as supernet_repo
 from . import repository as repo
 
 router = APIRouter(prefix="/subnets", tags=["subnets"])
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")   # longer numbers cannot be a range of a file here
 CONFIG = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": 32}
 SUBNET = {"id": "9b1e0c4f2a7d", "supernet": "ofa_mbv3_cifar10", "config": CONFIG, "macs": 4100000, "params": 360000,
           "peak_memory_bytes": 98304, "predicted_accuracy": 0.7463, "measured_accuracy": 0.7395,
@@ -79,10 +79,20 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiable(size)
         return max(0, size - n), size
     start = int(a)
+    if b and int(b) < start:
+        return None                 # invalid (last < first): ignored, the whole body (RFC 9110 14.1.1)
     end = min(int(b) + 1, size) if b else size
-    if start >= size or start >= end:
+    if start >= size:
         raise RangeNotSatisfiable(size)
     return start, end
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """If-None-Match with weak comparison (RFC 9110 13.1.2): `*`, or any listed tag equal once W/ is dropped."""
+    if not header:
+        return False
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or etag in [t[2:] if t.startswith("W/") else t for t in tags]
 
 
 @router.api_route("/{subnet_id}/checkpoint", methods=["GET", "HEAD"], summary="Download the weights",
@@ -103,24 +113,28 @@ async def checkpoint(subnet_id: str, request: Request, s: SessionDep, store: Sto
     (`X-BN-Calibrated: true`); while a worker computes them the answer is **503 with Retry-After** (never the
     uncalibrated statistics; `curl --retry` retries it). Without calibration images the supernet's sliced
     statistics are served with `X-BN-Calibrated: false` and `X-BN-Calibration-Setting` naming the setting."""
-    row, sn, eng, cfg = _load(s, store, subnet_id)
-    store.require_weights(sn.name)
-    bn = calibration.served_bn(s, eng, store.settings, celery, row.id)   # 503 + Retry-After while pending
+    def prepare():    # the database (and the broker, for a pending calibration): off the event loop
+        row, sn, eng, cfg = _load(s, store, subnet_id)
+        store.require_weights(sn.name)
+        return row, sn, eng, cfg, calibration.served_bn(s, eng, store.settings, celery, row.id)  # 503 if pending
+    row, sn, eng, cfg, bn = await run_in_threadpool(prepare)
     art = await run_in_threadpool(eng.artifact, row.id, cfg, format, bn)
     size, etag = art.total_size, f'"{art.sha256}"'
     filename = f"{sn.name}-{row.id}.{art.extension}"
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{filename}"',
                "X-Content-SHA256": art.sha256, **calibration.headers(bn)}
-    inm = request.headers.get("if-none-match")
-    if inm and etag in [t.strip() for t in inm.split(",")]:
+    if _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     rng = request.headers.get("range")
     if_range = request.headers.get("if-range")
     if if_range and if_range.strip() != etag:
         rng = None
     span = _parse_range(rng, size)
-    if request.method == "HEAD":
-        return Response(headers={**headers, "Content-Length": str(size)}, media_type=art.media_type)
+    if request.method == "HEAD":     # the headers GET would send, Range included
+        if span is None:
+            return Response(headers={**headers, "Content-Length": str(size)}, media_type=art.media_type)
+        return Response(status_code=206, media_type=art.media_type, headers={
+            **headers, "Content-Length": str(span[1] - span[0]), "Content-Range": f"bytes {span[0]}-{span[1] - 1}/{size}"})
     if span is None:
         CHECKPOINT_BYTES.labels(format).inc(size)
         return StreamingResponse(art.iter_bytes(0, size), media_type=art.media_type,

@@ -132,6 +132,10 @@ def test_api_killed_between_commit_and_publish_leaves_no_orphan(backend, request
         base = f"http://127.0.0.1:{port}"
         F.wait_for(lambda: _up(base), 60, 0.2, "the API")
         worker = F.start_worker(s)
+        warm = httpx.post(f"{base}/specialize", timeout=20, json={"device": "dev", "constraints": {"latency_ms": 3.0},
+                                                                   "options": {"seed": 999}, "use_pareto": False})
+        F.wait_for(lambda: _count(env, "succeeded") == 1, 90, 0.2, "the worker to be ready")   # warm: it consumes
+        assert warm.status_code == 202
         _post_many(base, 50, 15, api)
         t_kill = time.monotonic()
         api.wait(timeout=10)
