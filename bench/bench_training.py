@@ -19,17 +19,20 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from ofa_core.bn import preserved_bn_stats, recalibrate_bn  # noqa: E402
 from ofa_core.data import ImageArray, holdout_split, iterate_batches, load_dataset  # noqa: E402
 from ofa_core.mbv3 import build_supernet, plain_kernels  # noqa: E402
 from ofa_core.spec import get_spec  # noqa: E402
 from ofa_core.training import (TrainConfig, Phase, ProgressiveShrinkingTrainer, _param_groups,  # noqa: E402
-                               _sample_config, cifar_phases, evaluate_subnet, train_step)
+                               _sample_config, bn_batches, cifar_phases, evaluate, evaluate_subnet,
+                               frozen_subnet, train_step)
 
 CIFAR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "cifar10",
                      "cifar10-jpeg.tar.gz")
@@ -42,29 +45,45 @@ def bf16_supported() -> bool:
         torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-# Each variant: (channels_last, fast kernels, bf16 autocast over the whole step)
-VARIANTS = {
-    "today (NCHW, plain convs)": (False, False, False),
-    "channels_last": (True, False, False),
-    "fast kernels (NCHW)": (False, True, False),
-    "optimized (channels_last + fast kernels)": (True, True, False),
-    "optimized + bf16 autocast": (True, True, True),
-}
-OPTIMIZED = "optimized (channels_last + fast kernels)"
-TODAY = "today (NCHW, plain convs)"
+@dataclass(frozen=True)
+class Variant:
+    threads: int
+    channels_last: bool = False
+    fast_kernels: bool = False
+    frozen_teacher: bool = False
+    bf16: bool = False
+
+
+# Levers added one at a time. Today's loop is what `python -m ofa_core.recipe` ran before: one thread (its
+# --threads default), NCHW, plain convs, the supernet itself as the teacher.
+def variants(threads: int) -> dict[str, Variant]:
+    return {
+        TODAY: Variant(1),
+        f"+ {threads} threads": Variant(threads),
+        "+ channels_last": Variant(threads, True),
+        "+ fast kernels": Variant(threads, True, True),
+        OPTIMIZED: Variant(threads, True, True, True),
+        "optimized + bf16 autocast": Variant(threads, True, True, True, True),
+    }
+
+
+TODAY = "today (1 thread, NCHW, plain convs)"
+OPTIMIZED = "+ frozen teacher (optimized)"
 
 
 class StepRunner:
     """One variant's supernet, teacher and optimizer, stepping on fixed batches."""
 
-    def __init__(self, spec, phase: Phase, variant: tuple, batch: int, seed: int = 0):
-        cl, self.fast, self.bf16 = variant
-        fmt = torch.channels_last if cl else torch.contiguous_format
+    def __init__(self, spec, phase: Phase, variant: Variant, batch: int, seed: int = 0):
+        self.v = variant
+        fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
         self.spec, self.phase = spec, phase
         self.net = build_supernet(spec, seed=seed).to(memory_format=fmt).train()
-        self.teacher = copy.deepcopy(self.net).eval() if phase.distill else None
-        if self.teacher is not None:
-            self.teacher.set_max()
+        self.teacher = None
+        if phase.distill:
+            teacher = copy.deepcopy(self.net).eval()
+            teacher.set_max()
+            self.teacher = frozen_subnet(teacher, spec.max_config()) if variant.frozen_teacher else teacher
         self.opt = torch.optim.SGD(_param_groups(self.net, 5e-4), lr=0.01, momentum=0.9, nesterov=True)
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(batch, 3, 32, 32, generator=g).contiguous(memory_format=fmt)
@@ -72,9 +91,10 @@ class StepRunner:
         self.rng = np.random.default_rng(seed)
 
     def step(self) -> None:
+        torch.set_num_threads(self.v.threads)
         configs = [_sample_config(self.spec, self.phase, self.rng, 32) for _ in range(self.phase.n_subnets)]
-        kernels = contextlib.nullcontext() if self.fast else plain_kernels()
-        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        kernels = contextlib.nullcontext() if self.v.fast_kernels else plain_kernels()
+        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.v.bf16)
         with kernels, amp:
             train_step(self.net, self.teacher, self.x, self.y, configs, self.opt)
 
@@ -94,21 +114,21 @@ def time_variants(spec, phase: Phase, variants: dict, batch: int, rounds: int, s
 
 
 def print_throughput(spec, a) -> None:
-    variants = dict(VARIANTS)
+    variants_ = variants(a.threads)
     if not bf16_supported():
-        variants.pop("optimized + bf16 autocast")
+        variants_.pop("optimized + bf16 autocast")
         print("bf16: not supported on this CPU (no AVX512-BF16/AMX in oneDNN); skipped")
     phases = {p.name: p for p in cifar_phases(spec)}
     cases = [("full (1 sub-network, no teacher)", phases["full"]),
              ("kernel (1 sub-network + teacher)", phases["kernel"]),
              ("depth/expand (2 sub-networks + teacher)", phases["expand2"])]
-    print(f"\n## Throughput of one step, images/s (batch {a.batch}, {torch.get_num_threads()} thread(s), "
-          f"median of {a.rounds} interleaved rounds of {a.steps} steps; best round in brackets)\n")
-    names = list(variants)
+    print(f"\n## Throughput of one step, images/s (batch {a.batch}, median of {a.rounds} interleaved rounds of "
+          f"{a.steps} steps; best round in brackets; each column adds one lever)\n")
+    names = list(variants_)
     print("| phase | " + " | ".join(names) + f" | {OPTIMIZED} / today |")
     print("|---" * (len(names) + 2) + "|")
     for label, phase in cases:
-        res = time_variants(spec, phase, variants, a.batch, a.rounds, a.steps)
+        res = time_variants(spec, phase, variants_, a.batch, a.rounds, a.steps)
         cells = [f"{res[n][0]:.0f} ({res[n][1]:.0f})" for n in names]
         ratio = res[OPTIMIZED][0] / res[TODAY][0]
         print(f"| {label} | " + " | ".join(cells) + f" | **{ratio:.2f}x** |", flush=True)
@@ -129,17 +149,21 @@ def print_eval_cost(spec, train: ImageArray, hold: ImageArray, a) -> None:
     held = hold.sample(a.eval_images, seed=0)
     cfg = spec.sample(np.random.default_rng(1), resolutions=[32])
     out = {}
-    for name, (cl, fast) in {"today": (False, False), "optimized": (True, True)}.items():
+    for name in ("today", "optimized"):
+        torch.set_num_threads(1 if name == "today" else a.threads)
         net = build_supernet(spec, seed=0)
-        if cl:
-            net = net.to(memory_format=torch.channels_last)
-        kernels = contextlib.nullcontext() if fast else plain_kernels()
         times, acc = [], None
-        with kernels:
-            for _ in range(3):
-                t = time.perf_counter()
+        for _ in range(3):
+            t = time.perf_counter()
+            if name == "today":      # the supernet recalibrated and evaluated in place, NCHW, plain convs
+                with plain_kernels(), preserved_bn_stats(net):
+                    net.set_active(cfg)
+                    recalibrate_bn(net, bn_batches(train, cfg.r, a.bn_images))
+                    acc = evaluate(net, held, cfg.r)
+            else:                    # channels-last recalibration, then the frozen cut-out sub-network
+                net = net.to(memory_format=torch.channels_last)
                 acc = evaluate_subnet(net, cfg, train, held, a.bn_images)
-                times.append(time.perf_counter() - t)
+            times.append(time.perf_counter() - t)
         out[name] = (statistics.median(times), acc)
     print("| loop | seconds | accuracy (random weights: checks both agree) |\n|---|---|---|")
     for k, (t, acc) in out.items():
@@ -156,6 +180,7 @@ def print_curves(spec, train: ImageArray, hold: ImageArray, a) -> None:
           f"{len(sub)} training images, held-out accuracy on {len(held)} images\n")
     rows = {}
     for name, (cl, fast) in {"today": (False, False), "optimized": (True, True)}.items():
+        torch.set_num_threads(1 if name == "today" else a.threads)
         cfg = TrainConfig(phases=phases, batch_size=a.batch, seed=0, channels_last=cl, eval_images=len(held),
                           bn_images=min(2000, len(sub)), checkpoint_every_s=1e9)
         losses = []

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .bn import preserved_bn_stats, recalibrate_bn
 from .data import ImageArray, iterate_batches, resize
+from .extract import extract
 from .mbv3 import OFAMobileNetV3, build_supernet
 from .spec import SubnetConfig, SupernetSpec
 
@@ -107,16 +108,27 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def frozen_subnet(supernet: OFAMobileNetV3, cfg: SubnetConfig) -> torch.jit.ScriptModule:
+    """The sub-network cut out (its current BN statistics), traced and frozen for inference: BN folded into
+    the convs, constants inlined; about twice as fast as the supernet's eval forward on a CPU. Any input
+    resolution runs. Used for the teacher's soft targets and for accuracy evaluation."""
+    net = extract(supernet, cfg).eval()
+    example = torch.zeros(2, 3, cfg.r, cfg.r)
+    return torch.jit.freeze(torch.jit.trace(net, example, check_trace=False))
+
+
 def like_net(x: torch.Tensor, net: nn.Module) -> torch.Tensor:
     """`x` in the memory format of the net's weights (NHWC for a channels-last net)."""
-    w = next(net.parameters())
-    if w.ndim == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+    w = next(net.parameters(), None)
+    if w is not None and w.ndim == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
 
 @torch.no_grad()
 def evaluate(net: nn.Module, data: ImageArray, r: int, batch_size: int = 500, device: str = "cpu") -> float:
+    """Top-1 accuracy of `net` (a module or a frozen sub-network) on `data` at resolution r."""
     net.eval()
     correct = 0
     for x, y in iterate_batches(data, batch_size, train=False):
@@ -128,7 +140,7 @@ def bn_batches(train: ImageArray, r: int, n_images: int, batch_size: int = 200, 
     """Training-transform batches for BN recalibration (fixed seed)."""
     idx = np.random.default_rng(seed).permutation(len(train))[:n_images]
     for x, _ in iterate_batches(train.subset(np.sort(idx)), batch_size, train=True, seed=seed, drop_last=False):
-        yield resize(x, r).to(device, memory_format=torch.channels_last)
+        yield resize(x, r).to(device)
 
 
 def evaluate_subnet(supernet: OFAMobileNetV3, cfg: SubnetConfig, train: ImageArray, holdout: ImageArray,
@@ -137,8 +149,9 @@ def evaluate_subnet(supernet: OFAMobileNetV3, cfg: SubnetConfig, train: ImageArr
     statistics are left untouched."""
     supernet.set_active(cfg)
     with preserved_bn_stats(supernet):
-        recalibrate_bn(supernet, bn_batches(train, cfg.r, bn_images, device=device))
-        return evaluate(supernet, holdout, cfg.r, device=device)
+        recalibrate_bn(supernet, (like_net(x, supernet) for x in bn_batches(train, cfg.r, bn_images, device=device)))
+        net = frozen_subnet(supernet, cfg) if device == "cpu" else supernet
+        return evaluate(net, holdout, cfg.r, device=device)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -211,6 +224,15 @@ class ProgressiveShrinkingTrainer:
         self.state = {"phase": 0, "step": 0, "done": False, "elapsed_s": 0.0}
         self.teacher: OFAMobileNetV3 | None = None
         os.makedirs(out_dir, exist_ok=True)
+
+    def _teacher_fn(self):
+        """The teacher as a frozen inference module (built once per process; the teacher never changes)."""
+        if self.teacher is None:
+            return None
+        if getattr(self, "_frozen_teacher", None) is None:
+            self._frozen_teacher = (frozen_subnet(self.teacher, self.spec.max_config()) if self.device == "cpu"
+                                    else self.teacher)
+        return self._frozen_teacher
 
     # -- checkpoints ---------------------------------------------------------------------------------
     @property
@@ -328,7 +350,7 @@ class ProgressiveShrinkingTrainer:
             lr = self._lr(phase, step, total)
             for g in opt.param_groups:
                 g["lr"] = lr
-            teacher = self.teacher if phase.distill and cfg.kd_ratio > 0 else None
+            teacher = self._teacher_fn() if phase.distill and cfg.kd_ratio > 0 else None
             configs = [_sample_config(self.spec, phase, step_rng, r) for _ in range(phase.n_subnets)]
             loss_sum = train_step(net, teacher, x, y, configs, opt, cfg.label_smoothing, cfg.kd_ratio)
             if self._budget is not None:

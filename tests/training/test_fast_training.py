@@ -169,5 +169,5 @@ def test_bench_training_smoke(tmp_path):
                          capture_output=True, text=True, timeout=600, cwd=ROOT,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "today (NCHW, plain convs)" in out.stdout and "depth/expand (2 sub-networks + teacher)" in out.stdout
+    assert "today (1 thread, NCHW, plain convs)" in out.stdout and "depth/expand (2 sub-networks + teacher)" in out.stdout
     assert out.stdout.count("x** |") == 3
