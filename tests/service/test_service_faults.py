@@ -286,3 +286,32 @@ def test_yaml_alias_bomb_costs_no_memory(backend, request, settings_factory, sha
         assert max(sizes) < 4096 and growth < 50
     finally:
         _close(env, backend)
+
+
+def _serve(settings, port):
+    import subprocess
+    import sys
+    from ofa_service_testlib import ROOT
+    env = F.service_env(settings, OFA_VAR_DIR=settings.var_dir)
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--no-profile", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_ofa_serve_stops_its_worker(how, settings_factory):
+    """SIGTERM (kill, systemd, containers) stops `ofa serve` and its worker as Ctrl-C does; a worker whose `ofa
+    serve` was SIGKILLed exits too (no orphaned workers piling up on the queue)."""
+    s = settings_factory("sqlite")
+    port = F.free_port()
+    serve = _serve(s, port)
+    try:
+        F.wait_for(lambda: _up(f"http://127.0.0.1:{port}"), 120, 0.2, "ofa serve")
+        worker = F.wait_for(lambda: F.children(serve.pid), 30, what="its worker")[0]
+        os.kill(serve.pid, getattr(signal, how))
+        serve.wait(timeout=30)
+        F.wait_for(lambda: not F.alive(worker), 30, 0.1, f"the worker to exit after {how}")
+        if how == "SIGTERM":
+            assert serve.returncode in (0, 128 + signal.SIGTERM, -signal.SIGTERM)
+    finally:
+        F.stop(serve, signal.SIGKILL)
