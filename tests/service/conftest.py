@@ -130,7 +130,7 @@ def pytest_terminal_summary(terminalreporter):
         return
     terminalreporter.section("fault-injection figures")
     for name, values in FIGURES.items():
-        shown = sum(values) if name.startswith(("kills", "jobs finished")) else \
-            (max(values) if len(values) > 1 else values[0])
-        detail = "" if len(values) == 1 or name.startswith(("kills", "jobs")) else f"  (max of {values})"
+        summed = name.startswith(("kills", "jobs finished", "schemathesis 5xx"))
+        shown = sum(values) if summed else (max(values) if len(values) > 1 else values[0])
+        detail = "" if len(values) == 1 or summed else f"  (max of {values})"
         terminalreporter.write_line(f"{name}: {shown}{detail}")
