@@ -101,6 +101,10 @@ def test_dashboard_front_specialize_download(page, live_service):
     assert page.locator("#point-card a", has_text="net.config").count() == 1
     first = card.get_attribute("data-subnet")
     _shot(page, "device-front.png")
+    with page.expect_download(timeout=300_000) as info:        # waits out a BN recalibration (503) if one runs
+        page.click("#point-card a.dl[data-format=onnx]")
+    want = httpx.head(f"{url}/subnets/{first}/checkpoint?format=onnx").headers["x-content-sha256"]
+    assert _sha_of_download(info.value) == want
     # the keyboard works too: focus another point, press Enter
     page.locator("#front-latency circle.pt").nth(n - 1).focus()
     page.keyboard.press("Enter")

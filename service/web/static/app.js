@@ -247,7 +247,35 @@
     });
   }
 
+  // -- downloads: wait while the service recalibrates the sub-network's BN statistics (503 + Retry-After) --
+  function setupDownloads() {
+    document.addEventListener("click", async (e) => {
+      const a = e.target.closest && e.target.closest("a.dl");
+      if (!a || a.dataset.ready === "1") return;
+      e.preventDefault();
+      const deadline = Date.now() + 600000;
+      a.setAttribute("aria-busy", "true");
+      try {
+        for (;;) {
+          const resp = await fetch(a.href, { method: "HEAD" });
+          if (resp.ok) break;
+          const wait = Number(resp.headers.get("retry-after"));
+          if (resp.status !== 503 || !wait || Date.now() > deadline) {
+            toast(`download failed: ${resp.status} ${resp.statusText}`, true);
+            return;
+          }
+          toast(`preparing the ${a.dataset.format} file (BN statistics are being recalibrated); retrying in ${wait} s`);
+          await new Promise((r) => setTimeout(r, wait * 1000));
+        }
+      } finally { a.removeAttribute("aria-busy"); }
+      a.dataset.ready = "1";
+      a.click();
+      delete a.dataset.ready;
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    setupDownloads();
     setupKey(); setupFront(); setupSpecialize(); setupJob(); setupUpload(); setupTimings();
   });
 })();
