@@ -1,6 +1,6 @@
 # OFA specialization service: one image for the API, the worker and the migrate step (config from env only).
 FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 PIP_NO_CACHE_DIR=1
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 PIP_NO_CACHE_DIR=1 OFA_VAR_DIR=/app/var
 WORKDIR /app
 COPY pyproject.toml ./
 COPY ofa_core ./ofa_core
