@@ -98,7 +98,11 @@ def dashboard(s: SessionDep, store: StoreDep):
     return _page("Dashboard", body, "/")
 
 
-def _front_section(points: list[dict[str, Any]] | None, device: str) -> str:
+def _front_section(points: list[dict[str, Any]] | None, device: str, search_ready: bool, supernet: str) -> str:
+    if not points and not search_ready:
+        return (f'<p class="note" id="front-pending">Supernet <code>{esc(supernet)}</code> has no accuracy predictor, '
+                f'so there is no front and no search yet: register one with <code>ofa register-predictor '
+                f'{esc(supernet)} FILE</code> (a running service picks it up).</p>')
     if not points:
         return ('<p class="muted" id="front-pending">The Pareto front of this table is being computed by a worker; '
                 'reload in a moment.</p>')
@@ -125,7 +129,7 @@ def device_page(name: str, s: SessionDep, store: StoreDep):
             f'<a href="/ui/specialize?device={esc(name)}">specialize for this device</a> &middot; '
             f'<a href="/ui/jobs?device={esc(name)}">its jobs</a></p>'
             f'<section aria-labelledby="front-h"><h2 id="front-h">Pareto front (table v{out.current_version})</h2>'
-            f'{_front_section(out.pareto_front, name)}</section>'
+            f'{_front_section(out.pareto_front, name, _search_ready(store, out.supernet), out.supernet)}</section>'
             f'<section><h2>Table versions</h2>'
             + table(("version", "source", "operators", "resolutions", "calibration agreement", "sha256", "download"),
                     versions) + "</section>"
@@ -233,6 +237,13 @@ def job_page(job_id: str, s: SessionDep, store: StoreDep):
 <div id="job-outcome" aria-live="polite">{card}{_error_words(out.error)}</div>
 {json_script("job-data", {"id": out.id, "status": out.status, "done": done})}"""
     return _page(f"Job {job_id[:12]}", body, "/ui/jobs")
+
+
+def _search_ready(store: SupernetStore, name: str) -> bool:
+    try:
+        return store.get(name).search_ready       # get(): also picks up a predictor registered meanwhile
+    except Exception:
+        return False
 
 
 def _has_weights(store: SupernetStore, name: str) -> bool:

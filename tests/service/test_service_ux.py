@@ -147,3 +147,20 @@ def test_openapi_examples_work(sqlite_env):
     sn = next(p for p in doc["paths"]["/supernets/{name}"]["get"]["parameters"] if p["name"] == "name")
     assert e.client.get(f"/supernets/{sn['example']}").status_code == 200
     assert e.client.get(f"/devices/{name['example']}/latency-table").status_code == 200
+
+
+def test_job_page_states_an_error_in_words(sqlite_env):
+    e = sqlite_env
+    e.add_device("failing")
+    jid = e.client.post("/specialize", json={"device": "failing", "constraints": {"latency_ms": {"times_min": 2}},
+                                             "use_pareto": False}).json()["id"]
+    page = e.client.get(f"/ui/jobs/{jid}").text
+    assert "queued" in page and 'id="cancel-job"' in page and "times_min" in page
+    from service.jobs import repository as job_repo
+    with e.db.session() as s:
+        assert job_repo.finish(s, jid, None, "failed", error={"code": "search_failed", "message": "the <search> broke"})
+        s.commit()
+    page = e.client.get(f"/ui/jobs/{jid}").text
+    assert 'role="alert"' in page and "search_failed" in page and "the &lt;search&gt; broke" in page
+    assert 'id="cancel-job"' not in page
+    assert "search_failed" in e.client.get(f"/ui/jobs/{jid}/card").text
