@@ -132,3 +132,17 @@ def save_front(s: Session, supernet_id: int, supernet_version: str, device_id: i
     s.add(row)
     s.flush()
     return row
+
+
+def overview(s: Session, devices: list[Device]) -> dict[int, tuple[LatencyTable | None, int | None]]:
+    """For a page of devices, in two queries: each one's current table version and the number of points of its
+    stored Pareto front (None while it is being computed), without loading the fronts themselves."""
+    ids = [d.id for d in devices]
+    if not ids:
+        return {}
+    tables = {t.device_id: t for t in s.scalars(select(LatencyTable).join(
+        Device, (LatencyTable.device_id == Device.id) & (LatencyTable.version == Device.current_version))
+        .where(Device.id.in_(ids)))}
+    counts = dict(s.execute(select(ParetoFront.table_id, func.json_array_length(ParetoFront.points))
+                            .where(ParetoFront.table_id.in_([t.id for t in tables.values()]))).all())
+    return {i: (tables.get(i), counts.get(tables[i].id) if i in tables else None) for i in ids}

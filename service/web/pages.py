@@ -77,14 +77,13 @@ JOB_HEADERS = ("job", "status", "device", "constraints", "predicted accuracy", "
 @router.get("/", response_class=HTMLResponse)
 def dashboard(s: SessionDep, store: StoreDep):
     devices, total = device_repo.list_devices(s, 0, 200, None, None, None)
-    rows = []
+    rows, known = [], device_repo.overview(s, devices)
     for d in devices:
-        cur = device_repo.current_table(s, d)
-        front = device_repo.front_for(s, d.supernet_id, cur.id) if cur else None
+        cur, n_points = known.get(d.id, (None, None))
         rows.append([f'<a href="/ui/devices/{esc(d.name)}">{esc(d.name)}</a>', esc(d.kind), esc(d.supernet.name),
                      f"v{d.current_version} &middot; " + (provenance_text(cur) if cur else "-"),
                      agreement_text(cur.provenance or {}) if cur else "-",
-                     f"{len(front.points)} points" if front else '<span class="muted">computing</span>'])
+                     f"{n_points} points" if n_points is not None else '<span class="muted">computing</span>'])
     jobs, _ = job_service.list_jobs(s, 0, 8, None, None)
     sn = "".join(f"<li><code>{esc(n)}</code>: {'weights' if e.has_weights else 'no weights'}, "
                  f"{'predictor' if e.search_ready else 'no predictor'}</li>" for n, e in sorted(store.engines.items()))

@@ -83,8 +83,8 @@ def test_jobs_list(sqlite_env):
     assert e.client.get("/jobs?status=weird").status_code == 422
 
 
-def test_dashboard_pages(sqlite_env):
-    e = sqlite_env
+def test_dashboard_pages(env):
+    e = env
     c = e.client
     e.add_device("pages")
     r = c.get("/")
