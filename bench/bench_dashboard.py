@@ -60,11 +60,11 @@ def paints(url: str, n: int) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--devices", type=int, default=30)
     ap.add_argument("--loads", type=int, default=15)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         live, proc = start_live(d)
         try:
