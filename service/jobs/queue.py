@@ -9,6 +9,7 @@ deadline (503 with Retry-After), and after a failure further publishes to that b
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +24,17 @@ COMPUTE_FRONT = "ofa.compute_pareto_front"
 PROFILE_HOST = "ofa.profile_host"
 BREAKER_S = 5.0
 
-_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ofa-publish")
+_pool: tuple[int, ThreadPoolExecutor] | None = None     # (pid, pool): a forked pool child makes its own
 _down_until: dict[str, float] = {}          # broker URL -> monotonic time until which publishes fail fast
 _lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="ofa-publish"))
+        return _pool[1]
 
 
 def _send(celery, queue: str, name: str, args: list) -> None:
@@ -38,7 +47,7 @@ def publish(celery, queue: str, name: str, args: list, timeout_s: float = 3.0) -
     url = str(celery.conf.broker_url)
     if time.monotonic() < _down_until.get(url, 0.0):
         raise BrokerUnavailable("failed moments ago; retry later")
-    fut = _pool.submit(_send, celery, queue, name, args)
+    fut = _executor().submit(_send, celery, queue, name, args)
     try:
         fut.result(timeout=timeout_s)
     except Exception as e:  # the deadline, kombu OperationalError, redis ConnectionError, socket errors...
