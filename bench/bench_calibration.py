@@ -27,8 +27,8 @@ from ofa_core.calibrate import agreement, family_baseline, fit_calibration, sugg
 from ofa_core.spec import get_spec                                       # noqa: E402
 
 
-def run(spec, dev, ns, seeds, n_test, cv_folds):
-    rows = {n: {"base": [], "ours": [], "t_base": [], "t_ours": [], "cv": []} for n in ns}
+def run(spec, dev, ns, seeds, n_test, cv_folds, prior=None):
+    rows = {n: {"base": [], "ours": [], "t_base": [], "t_ours": [], "cv": [], "prior": []} for n in ns}
     for seed in seeds:
         rng = np.random.default_rng(1000 + seed)
         true = device_table(dev, spec, seed)
@@ -48,6 +48,10 @@ def run(spec, dev, ns, seeds, n_test, cv_folds):
             r["t_ours"].append(t2 - t1)
             if res.report["cv"]:
                 r["cv"].append(res.report["cv"]["share_within_10"])
+            if prior is not None:
+                t = fit_calibration(spec, tr[:n], y_tr[:n], prior=prior, batch_size=dev.batch, cv_folds=0,
+                                    seed=seed).table
+                r["prior"].append(agreement(t.predict(te), y_te))
     return rows
 
 
@@ -61,8 +65,15 @@ def main(argv=None):
     ap.add_argument("--supernet", default="ofa_mbv3_d234_e346_k357_w1.0")
     ap.add_argument("--time-n", type=int, default=300, help="timings in the fit-time measurement")
     ap.add_argument("--time-repeats", type=int, default=5)
+    ap.add_argument("--note10-prior", metavar="DIR", help="also fit with the published Note10 tables as the prior "
+                    "(a related device's table; the w1.2 space, 5 resolutions)")
     ap.add_argument("--suggest", type=int, default=30, help="timings in the random-vs-suggested comparison (0: skip)")
     args = ap.parse_args(argv)
+    prior = None
+    if args.note10_prior:
+        from ofa_core.latency import LatencyTable
+        prior = LatencyTable.from_note10_dir(args.note10_prior)
+        args.supernet = prior.spec.name
     spec = get_spec(args.supernet)
     print(f"supernet {spec.name} ({len(spec.resolutions)} resolutions); {args.seeds} seeds x {args.test} held-out "
           f"configs per device; share of held-out timings predicted within +-10% / +-5%")
@@ -72,7 +83,7 @@ def main(argv=None):
     for name, dev in DEVICES.items():
         if args.devices and not any(d in name for d in args.devices):
             continue
-        rows = run(spec, dev, args.ns, range(args.seeds), args.test, args.cv_folds)
+        rows = run(spec, dev, args.ns, range(args.seeds), args.test, args.cv_folds, prior)
         for n in args.ns:
             r = rows[n]
             b10, b5 = (np.mean([a[k] for a in r["base"]]) for k in ("share_within_10", "share_within_5"))
@@ -80,8 +91,12 @@ def main(argv=None):
             means[n]["base"].append(b10)
             means[n]["ours"].append(o10)
             cv = f"{np.mean(r['cv']):.3f}" if r["cv"] else "-"
+            extra = ""
+            if r["prior"]:
+                p10, p5 = (np.mean([a[k] for a in r["prior"]]) for k in ("share_within_10", "share_within_5"))
+                extra = f" | with Note10 prior {p10:.3f} / {p5:.3f}"
             print(f"{name:30s} {n:4d} | {b10:.3f} / {b5:.3f} | {o10:.3f} / {o5:.3f} | {cv:>7s} | "
-                  f"{np.median(r['t_base']):10.3f} {np.median(r['t_ours']):10.3f}")
+                  f"{np.median(r['t_base']):10.3f} {np.median(r['t_ours']):10.3f}{extra}")
     print("mean over devices (+-10%): " + ", ".join(
         f"N={n}: family {np.mean(means[n]['base']):.3f} vs ours {np.mean(means[n]['ours']):.3f}" for n in args.ns))
     if args.suggest:

@@ -159,3 +159,12 @@ def test_bench_calibration_smoke(capsys):
     assert all(0 <= float(v) <= 1 for r in rows for v in r[2:])
     assert re.search(r"fit of 40 timings \(ofa_mbv3_cifar10\): ours [\d.]+ s fastest", out)
     assert re.search(r"random [\d.]+ / [\d.]+ \| suggested [\d.]+ / [\d.]+ \| random\+suggested", out)
+
+
+def test_bench_calibration_with_the_note10_prior(capsys, note10):
+    import bench.bench_calibration as bc
+    from tests.search.conftest import NOTE10
+    bc.main(["--ns", "10", "--seeds", "1", "--test", "100", "--devices", "mobile", "--time-n", "20",
+             "--time-repeats", "1", "--suggest", "0", "--note10-prior", NOTE10])
+    out = capsys.readouterr().out
+    assert "ofa_mbv3_d234_e346_k357_w1.2 (5 resolutions)" in out and "with Note10 prior" in out
