@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -97,14 +99,28 @@ def request(s: Session, eng, settings, celery, subnet_id: str, row=None) -> bool
     return publish
 
 
+_background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ofa-calib-request")
+_slots = threading.BoundedSemaphore(256)      # at most this many requests waiting; beyond, a download asks again
+
+
 def request_quietly(s: Session, eng, settings, celery, subnet_id: str) -> None:
-    """`request`, logging instead of raising when the broker is down (the answer is given already; a download
-    or a later answer publishes it again)."""
-    from service.errors import BrokerUnavailable
-    try:
-        request(s, eng, settings, celery, subnet_id)
-    except BrokerUnavailable as e:
-        log.warning("calibration not queued", extra={"subnet": subnet_id, "error": e.message})
+    """`request` in a background thread with its own session (the answer is given already, without waiting for
+    the database write and the broker), logging instead of raising: a download or a later answer asks again."""
+    if not _slots.acquire(blocking=False):
+        log.warning("calibration request dropped: too many waiting", extra={"subnet": subnet_id})
+        return
+    bind = s.get_bind()
+
+    def run() -> None:
+        try:
+            with Session(bind) as s2:
+                request(s2, eng, settings, celery, subnet_id)
+        except Exception as e:   # broker down, database hiccup: logged; the next request for it publishes
+            log.warning("calibration not queued", extra={"subnet": subnet_id, "error": f"{type(e).__name__}: {e}"[:300]})
+        finally:
+            _slots.release()
+
+    _background.submit(run)
 
 
 def served_bn(s: Session, eng, settings, celery, subnet_id: str) -> ServedBN | None:
