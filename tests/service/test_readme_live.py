@@ -29,7 +29,7 @@ def test_readme_snippets_run_against_a_live_service(live_service, tmp_path):
     blocks = readme_blocks()
     assert [k for k, _ in blocks].count("python") >= 1 and len(blocks) >= 3
     host = live_service.url.removeprefix("http://")
-    script = ["set -euo pipefail"]
+    script = ["set -euo pipefail -x"]            # -x: the failing command shows in stderr
     for kind, code in blocks:
         code = code.replace("localhost:8000", host)
         script.append(code if kind == "bash" else f".venv/bin/python - <<'PYEOF'\n{code}PYEOF")
