@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -108,6 +109,9 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------------
+FREEZE_FROM = 1000      # evaluations on at least this many images run the frozen cut-out sub-network
+
+
 @torch.no_grad()
 def frozen_subnet(supernet: OFAMobileNetV3, cfg: SubnetConfig) -> torch.jit.ScriptModule:
     """The sub-network cut out (its current BN statistics), traced and frozen for inference: BN folded into
@@ -150,7 +154,8 @@ def evaluate_subnet(supernet: OFAMobileNetV3, cfg: SubnetConfig, train: ImageArr
     supernet.set_active(cfg)
     with preserved_bn_stats(supernet):
         recalibrate_bn(supernet, (like_net(x, supernet) for x in bn_batches(train, cfg.r, bn_images, device=device)))
-        net = frozen_subnet(supernet, cfg) if device == "cpu" else supernet
+        # freezing costs about a second; it pays from about a thousand images on
+        net = frozen_subnet(supernet, cfg) if device == "cpu" and len(holdout) >= FREEZE_FROM else supernet
         return evaluate(net, holdout, cfg.r, device=device)
 
 
@@ -307,6 +312,7 @@ class ProgressiveShrinkingTrainer:
                       **self.phase_eval()})
             self.state.update(phase=pi + 1, step=0)
             self.save(None)
+            shutil.copyfile(self.ckpt_path, os.path.join(self.out_dir, f"after_{phase.name}.pt"))  # e.g. ablation start
         self.state["done"] = True
         self.save(None)
         return dict(self.state)

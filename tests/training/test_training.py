@@ -146,11 +146,27 @@ def test_ablation_script_on_tiny_data(tmp_path, monkeypatch):
     root = make_images(str(tmp_path / "ds"))
     monkeypatch.setattr(ab, "get_spec", lambda name: TINY)
     res = ab.main(["--data", root, "--out", str(tmp_path / "abl"), "--train-images", "24", "--holdout", "6",
-                   "--scale", "0.2", "--batch-size", "6", "--bn-images", "12", "--no-progress"])
-    assert res["steps"]["progressive"] == res["steps"]["one-shot"]
+                   "--scale", "0.05", "--batch-size", "6", "--bn-images", "12", "--eval-images", "6",
+                   "--no-progress"])
+    # the same sub-network passes (one more where the shrinking schedule's total is odd)
+    assert 0 <= res["passes"]["one-shot"] - res["passes"]["progressive"] <= 1
+    assert res["steps"]["one-shot"] <= res["steps"]["progressive"]          # 2 per step against 1-2
     assert set(res["acc"]) == {"progressive", "one-shot"}
     assert all(len(v) == 8 for v in res["acc"].values())
+    assert 0 <= res["teacher_holdout_acc"] <= 1
     assert json.load(open(tmp_path / "abl" / "ablation.json"))["acc"] == res["acc"]
+    # --from takes the shared start from a checkpoint whose full phase is done, and refuses one that is not
+    full = str(tmp_path / "abl" / "full" / "last.pt")
+    args = ab.main.__globals__["argparse"].Namespace(start=full, seed=0)
+    net = ab.teacher_net(TINY, args, None, None)
+    saved = torch.load(full, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
+    payload = torch.load(full, weights_only=True)
+    payload["state"]["phase"] = 0
+    torch.save(payload, str(tmp_path / "early.pt"))
+    with pytest.raises(SystemExit, match="full phase is not finished"):
+        ab.teacher_net(TINY, ab.main.__globals__["argparse"].Namespace(start=str(tmp_path / "early.pt"), seed=0),
+                       None, None)
 
 
 def test_sample_draws_from_every_class_of_class_ordered_data():

@@ -1,0 +1,105 @@
+"""Where a long training run stands, measured: the run directory's latest checkpoint is loaded (read-only, the run
+may keep going), its largest, smallest and 8 probe sub-networks are scored on the test images after BN
+recalibration, and a status file says the phase, step, wall time and what a later session resumes. With --keep,
+the checkpoint is copied beside the status (the committed fallback for a machine that lost the run directory).
+
+    python -m ofa_core.run_status --run /var/tmp/ofa-runs/ofa_mbv3_cifar10 \
+        --data ../shared/data/cifar10/cifar10-jpeg.tar.gz --out runs/ofa_mbv3_cifar10 --keep
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+
+import torch
+
+from .data import holdout_split, load_dataset
+from .recipe import probe_configs, sha256_file
+from .spec import get_spec
+from .training import Phase, ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet
+
+MAX_KEPT_BYTES = 25 * 2**20
+
+
+def measure(trainer: ProgressiveShrinkingTrainer, train, test, bn_images: int) -> dict:
+    spec, net = trainer.spec, trainer.net
+    r = max(spec.resolutions)
+    acc = {"largest": evaluate_subnet(net, spec.max_config(r), train, test, bn_images),
+           "smallest": evaluate_subnet(net, spec.min_config(min(spec.resolutions)), train, test, bn_images)}
+    acc.update({name: evaluate_subnet(net, c, train, test, bn_images) for name, c in probe_configs(spec, r)})
+    return {k: round(v, 4) for k, v in acc.items()}
+
+
+def status_markdown(st: dict) -> str:
+    L = [f"# Training run `{st['supernet']}`: where it stands", "",
+         f"Measured {st['measured_at']} from `{st['run_dir']}/last.pt` (sha256 `{st['checkpoint_sha256']}`).", "",
+         f"- phase **{st['phase_index'] + 1}/{st['n_phases']} `{st['phase']}`**, step {st['step']} of "
+         f"{st['phase_steps']} ({100 * st['step'] / st['phase_steps']:.1f}% of the phase); "
+         f"phases done: {', '.join(st['phases_done']) or 'none'}",
+         f"- training wall time so far: {st['elapsed_s'] / 3600:.2f} h",
+         f"- resume: `{st['resume_command']}`",
+         f"- if `{st['run_dir']}` is gone (a new machine): `mkdir -p {st['run_dir']} && cp last.pt "
+         f"{st['run_dir']}/` from this folder first (the same sha256), then the command above", "",
+         f"Test accuracy ({st['test_images']} CIFAR-10 test images, BN recalibrated on {st['bn_images']} training "
+         "images, no fine-tuning):", "", "| sub-network | test accuracy |", "|---|---|"]
+    L += [f"| {k} | {100 * v:.2f}% |" for k, v in st["test_acc"].items()]
+    return "\n".join(L) + "\n"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m ofa_core.run_status", description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="the run directory (last.pt, log.jsonl)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--supernet", default="ofa_mbv3_cifar10")
+    p.add_argument("--out", required=True, help="where STATUS.md / status.json (and with --keep, last.pt) go")
+    p.add_argument("--keep", action="store_true", help=f"copy the checkpoint to --out (at most {MAX_KEPT_BYTES} B)")
+    p.add_argument("--holdout", type=int, default=10000)
+    p.add_argument("--bn-images", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache-dir", default="data/cache")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    spec = get_spec(a.supernet)
+    splits = load_dataset(a.data, cache_dir=a.cache_dir, progress=False)
+    train, hold = holdout_split(splits["train"], a.holdout, seed=0)
+    os.makedirs(a.out, exist_ok=True)
+    snapshot = os.path.join(a.out, "last.pt")
+    shutil.copyfile(os.path.join(a.run, "last.pt"), snapshot + ".tmp")   # one consistent file while the run saves
+    os.replace(snapshot + ".tmp", snapshot)
+    saved = json.loads(torch.load(snapshot, map_location="cpu", weights_only=True)["config"])
+    phases = [Phase(**{**ph, **{k: tuple(v) for k, v in ph.items() if isinstance(v, list)}})
+              for ph in saved["phases"]]
+    cfg = TrainConfig(phases=phases, batch_size=saved["batch_size"], channels_last=True)
+    trainer = ProgressiveShrinkingTrainer(spec, cfg, train, hold, a.out, progress=False)
+    trainer.try_resume()
+    state = trainer.state
+    pi = min(state["phase"], len(phases) - 1)
+    names = [ph.name for ph in phases]
+    st = {"supernet": spec.name, "run_dir": os.path.abspath(a.run),
+          "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+          "checkpoint_sha256": sha256_file(snapshot), "checkpoint_bytes": os.path.getsize(snapshot),
+          "phase_index": pi, "n_phases": len(phases), "phase": names[pi], "phases_done": names[:state["phase"]],
+          "step": state["step"], "phase_steps": phases[pi].steps(trainer.steps_per_epoch),
+          "elapsed_s": round(state["elapsed_s"], 1),
+          "resume_command": f"python -m ofa_core.recipe --data <cifar10-jpeg.tar.gz> --run {os.path.abspath(a.run)} "
+                            "--assets <dir> --threads 2",
+          "test_images": len(splits["test"]), "bn_images": a.bn_images,
+          "test_acc": measure(trainer, train, splits["test"], a.bn_images)}
+    if not a.keep:
+        os.remove(snapshot)
+    elif st["checkpoint_bytes"] > MAX_KEPT_BYTES:
+        os.remove(snapshot)
+        st["kept"] = f"not kept: {st['checkpoint_bytes']} B is over {MAX_KEPT_BYTES} B"
+    with open(os.path.join(a.out, "status.json"), "w") as fh:
+        json.dump(st, fh, indent=2)
+    with open(os.path.join(a.out, "STATUS.md"), "w") as fh:
+        fh.write(status_markdown(st))
+    print(json.dumps(st, indent=2))
+    return st
+
+
+if __name__ == "__main__":
+    main()
