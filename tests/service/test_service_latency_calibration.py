@@ -14,7 +14,11 @@ SEARCH = {"population": 16, "generations": 5, "seed": 0}
 
 @pytest.fixture(autouse=True)
 def _fresh_table_caches(shared_store):
-    """Table ids restart with every test database; the shared store must not answer from another one's."""
+    """Table ids restart with every test database; the shared store must not answer from another one's (nor
+    leave these tests' tables, some of them scaled, to the tests after them)."""
+    for eng in shared_store.engines.values():
+        eng.forget_tables()
+    yield
     for eng in shared_store.engines.values():
         eng.forget_tables()
 
