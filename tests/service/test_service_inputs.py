@@ -217,3 +217,21 @@ def test_api_key_cli_lists_and_revokes_without_revealing_the_secret(env):
     assert env.client.delete("/jobs/nope", headers={"X-API-Key": key}).status_code == 404
     assert revoke_api_key(env.db, row["prefix"]) == 1
     assert env.client.delete("/jobs/nope", headers={"X-API-Key": key}).status_code == 401
+
+
+def test_key_commands(sqlite_env):
+    import os
+    import subprocess
+    import sys
+    from ofa_service_testlib import ROOT
+    env = {**os.environ, "OFA_DATABASE_URL": sqlite_env.settings.database_url, "OFA_VAR_DIR": sqlite_env.settings.var_dir}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "service.cli", *a], cwd=ROOT, env=env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    key = run("create-api-key", "--name", "ops").stdout.strip()
+    listed = run("list-api-keys").stdout
+    prefix = "_".join(key.split("_")[:2])                          # ofa_<id>; the secret may hold "_"
+    assert prefix in listed and "ops" in listed and key not in listed and key[len(prefix):] not in listed
+    assert run("revoke-api-key", prefix).returncode == 0
+    assert "revoked" in run("list-api-keys").stdout
+    assert run("revoke-api-key", prefix).returncode == 1               # nothing active left to revoke
+    assert sqlite_env.client.delete("/jobs/x", headers={"X-API-Key": key}).status_code == 401
