@@ -22,7 +22,7 @@ def test_recipe_end_to_end_on_tiny_data(tmp_path):
     root = make_images(str(tmp_path / "ds"), n_per_class=14)
     assets = tmp_path / "assets"
     rep = recipe.main(["--data", root, "--supernet", TINY_R.name, "--run", str(tmp_path / "run"),
-                       "--assets", str(assets), "--scale", "0.1", "--batch-size", "6", "--holdout", "6",
+                       "--assets", str(assets), "--scale", "0.02", "--batch-size", "6", "--holdout", "6", "--threads", "1",
                        "--predictor-subnets", "12", "--bn-images", "12", "--no-progress",
                        "--cache-dir", str(tmp_path / "cache")])
     w = assets / f"{TINY_R.name}.safetensors"
@@ -42,7 +42,7 @@ def test_recipe_end_to_end_on_tiny_data(tmp_path):
     assert pred.predict(enc).shape == (5,)
     # a second call resumes everything: no new training steps, no re-measured sub-networks
     rep2 = recipe.main(["--data", root, "--supernet", TINY_R.name, "--run", str(tmp_path / "run"),
-                        "--assets", str(assets), "--scale", "0.1", "--batch-size", "6", "--holdout", "6",
+                        "--assets", str(assets), "--scale", "0.02", "--batch-size", "6", "--holdout", "6", "--threads", "1",
                         "--predictor-subnets", "12", "--bn-images", "12", "--no-progress",
                        "--cache-dir", str(tmp_path / "cache")])
     assert rep2["timings"]["training_s"] == rep["timings"]["training_s"]
