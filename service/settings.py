@@ -69,7 +69,7 @@ class Settings(BaseSettings):
                              "'beyond_defaults' (anonymous requests may only use the default options), 'none'")
     rate_limit_searches: int = Field(60, description="POST /specialize per key (or client address) per window; 0: off")
     rate_limit_window_s: float = 60.0
-    specialize_concurrency: int = Field(8, description="POST /specialize requests prepared at once (others wait)")
+    specialize_concurrency: int = Field(4, description="POST /specialize requests prepared at once (others wait)")
     host_device_name: str = "host-cpu"
     log_level: str = "INFO"
     log_json: bool = True

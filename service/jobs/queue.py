@@ -42,11 +42,16 @@ def _send(celery, queue: str, name: str, args: list) -> None:
                      retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5})
 
 
+def check_broker(celery) -> None:
+    """BrokerUnavailable at once while the breaker for this broker is open (a publish failed moments ago)."""
+    if time.monotonic() < _down_until.get(str(celery.conf.broker_url), 0.0):
+        raise BrokerUnavailable("failed moments ago; retry later")
+
+
 def publish(celery, queue: str, name: str, args: list, timeout_s: float = 3.0) -> None:
     """Send one task, or raise BrokerUnavailable within `timeout_s` (at once while the breaker is open)."""
     url = str(celery.conf.broker_url)
-    if time.monotonic() < _down_until.get(url, 0.0):
-        raise BrokerUnavailable("failed moments ago; retry later")
+    check_broker(celery)
     fut = _executor().submit(_send, celery, queue, name, args)
     try:
         fut.result(timeout=timeout_s)

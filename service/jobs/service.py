@@ -172,6 +172,7 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
     points = eng.front_points(table.id, lambda: device_repo.front_for(s, sn_row.id, table.id)) \
         if body.use_pareto else None
     point = front_answer(points, constraints, body.accuracy_floor) if points else None
+    calib_publish = False
     if point is not None:
         cfg = SubnetConfig.from_dict(eng.spec, point["config"])
         sid = cfg.content_id()
@@ -179,7 +180,8 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
         subnet_repo.ensure(s, sid, sn_row.id, cfg.to_dict(), metrics)
         job.status, job.source, job.progress, job.subnet_id = "succeeded", "pareto", 1.0, sid
         job.result = subnet_result(sid, supernet, cfg.to_dict(), point["accuracy"], metrics)
-        job.result.update(calibration.fields(eng, calibration.lookup(s, eng, sid)))   # measured, or pending
+        calib, calib_publish = calibration.answer_fields(s, eng, settings, sid)   # measured, or pending
+        job.result.update(calib)
         job.generation = options["generations"]
         job.started_at = job.finished_at = utcnow()
     elif body.accuracy_floor is not None:
@@ -188,6 +190,8 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
         except InfeasibleError as e:
             raise infeasible(minima, constraints, e) from None
     answered = point is not None
+    if not answered:
+        Q.check_broker(celery)          # the broker failed moments ago: 503 now, no job row to undo
     try:
         repo.add(s, job)
         s.commit()
@@ -197,8 +201,8 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
         if existing is None:
             raise
         return existing, existing.status == "succeeded"
-    if answered and job.result.get("pending"):    # a worker recalibrates and measures it, then fills them in
-        calibration.request_quietly(s, eng, settings, celery, job.subnet_id)
+    if answered and calib_publish:    # a worker recalibrates and measures it, then fills the pending fields in
+        calibration.publish_in_background(settings, celery, job.subnet_id)
     if not answered:
         try:
             Q.publish(celery, settings.task_queue, Q.RUN_SEARCH, [job.id], settings.broker_publish_timeout_s)
