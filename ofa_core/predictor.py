@@ -471,8 +471,10 @@ def read_predictor_dataset(path: str | os.PathLike, spec: SupernetSpec | str) ->
 def build_predictor_dataset(supernet: Any, spec: SupernetSpec | str, n: int,
                             eval_fn: Callable[[Any, SubnetConfig], float], out_path: str | os.PathLike,
                             rng: np.random.Generator | int = 0, resume: bool = True, progress: bool = True,
-                            resolutions: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sample `n` sub-networks, measure each with `eval_fn(supernet, cfg) -> accuracy in 0..1`, append JSONL rows.
+                            resolutions: tuple[int, ...] | None = None,
+                            stratified: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Sample `n` sub-networks (uniform genes, or `stratified` over the size range), measure each with
+    `eval_fn(supernet, cfg) -> accuracy in 0..1`, append JSONL rows.
 
     The sample sequence is determined by `rng` alone (all `n` configs are drawn up front), so a resumed run skips
     the rows already in `out_path` (matched by config) and measures only the rest. Each row:
@@ -480,7 +482,8 @@ def build_predictor_dataset(supernet: Any, spec: SupernetSpec | str, n: int,
     """
     spec = get_spec(spec) if isinstance(spec, str) else spec
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    encs = spec.sample_encoded(n, rng, resolutions)
+    sampler = spec.sample_stratified_encoded if stratified else spec.sample_encoded
+    encs = sampler(n, rng, resolutions)
     done: set[bytes] = set()
     if resume and os.path.exists(out_path):
         with open(out_path, "rb+") as f:      # drop a torn last line left by an interrupted write

@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--holdout", type=int, default=10000)
-    p.add_argument("--predictor-subnets", type=int, default=300)
+    p.add_argument("--predictor-subnets", type=int, default=1000)
     p.add_argument("--bn-images", type=int, default=2000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
     data_path = os.path.join(a.run, "predictor_data.jsonl")
     enc, acc = build_predictor_dataset(
         net, spec, a.predictor_subnets, lambda n, c: evaluate_subnet(n, c, train, hold, a.bn_images), data_path,
-        rng=a.seed, resume=True, progress=not a.no_progress)
+        rng=a.seed, resume=True, progress=not a.no_progress, stratified=True)
     timings["predictor_data_s"] = round(sum(json.loads(l)["seconds"] for l in open(data_path)), 1)
 
     # 3. predictor

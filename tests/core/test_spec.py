@@ -94,3 +94,23 @@ def test_sample_encoded_and_mask():
 def test_registry_unknown_name():
     with pytest.raises(KeyError, match="unknown supernet 'nope'"):
         get_spec("nope")
+
+
+def test_stratified_sample_covers_the_size_range_evenly():
+    from ofa_core.spec import validate_encoded
+    spec = get_spec("ofa_mbv3_cifar10")
+    B = spec.n_blocks
+    uni = spec.sample_encoded(600, np.random.default_rng(0))
+    strat = spec.sample_stratified_encoded(600, np.random.default_rng(0))
+    validate_encoded(spec, strat)
+    np.testing.assert_array_equal(strat, spec.sample_stratified_encoded(600, np.random.default_rng(0)))
+    assert sorted(np.bincount(strat[:, -1])[list(spec.resolutions)]) == [200, 200, 200]
+
+    def spread(enc, lo, hi):                      # 5-95% range of the per-config mean over active genes
+        g = enc[:, lo:hi].astype(float)
+        g[g == 0] = np.nan
+        return np.subtract(*np.nanpercentile(np.nanmean(g, 1), [95, 5]))
+    for lo, hi in ((0, B), (B, 2 * B)):           # kernel sizes, expand ratios
+        assert spread(strat, lo, hi) > 1.8 * spread(uni, lo, hi)
+    depth = lambda e: np.subtract(*np.percentile(e[:, 2 * B:2 * B + spec.n_stages].sum(1), [95, 5]))  # noqa: E731
+    assert depth(strat) > depth(uni)
