@@ -99,23 +99,37 @@ def request(s: Session, eng, settings, celery, subnet_id: str, row=None) -> bool
     return publish
 
 
-_background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ofa-calib-request")
-_slots = threading.BoundedSemaphore(256)      # at most this many requests waiting; beyond, a download asks again
+def answer_fields(s: Session, eng, settings, subnet_id: str) -> tuple[dict[str, Any], bool]:
+    """(`fields`, publish) for an answer given at once. Where the measurement is missing, the pending row goes
+    into the answer's own transaction, and publish is True once per sub-network (again after
+    `calibration_retry_s`): then call `publish_in_background` after the commit."""
+    sets = _sets(eng)
+    row = None if sets is None else repo.get(s, subnet_id, eng.version, sets.calib_key)
+    out, publish = fields(eng, row), False
+    if sets is not None and out["pending"]:
+        if row is None:
+            publish = repo.request(s, subnet_id, eng.version, sets.calib_key)
+        elif row.status != "failed":
+            publish = repo.touch(s, row.id, utcnow() - dt.timedelta(seconds=settings.calibration_retry_s))
+    return out, publish
 
 
-def request_quietly(s: Session, eng, settings, celery, subnet_id: str) -> None:
-    """`request` in a background thread with its own session (the answer is given already, without waiting for
-    the database write and the broker), logging instead of raising: a download or a later answer asks again."""
+_background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ofa-calib-publish")
+_slots = threading.BoundedSemaphore(256)      # at most this many publishes waiting; beyond, a download asks again
+
+
+def publish_in_background(settings, celery, subnet_id: str) -> None:
+    """Publish the calibration task for an answer already given (its pending row committed with it), off the
+    answer's path; broker errors are logged: a download or a later answer asks again."""
+    from service.jobs import queue as Q
     if not _slots.acquire(blocking=False):
-        log.warning("calibration request dropped: too many waiting", extra={"subnet": subnet_id})
+        log.warning("calibration publish dropped: too many waiting", extra={"subnet": subnet_id})
         return
-    bind = s.get_bind()
 
     def run() -> None:
         try:
-            with Session(bind) as s2:
-                request(s2, eng, settings, celery, subnet_id)
-        except Exception as e:   # broker down, database hiccup: logged; the next request for it publishes
+            Q.publish(celery, settings.task_queue, TASK, [subnet_id], settings.broker_publish_timeout_s)
+        except Exception as e:
             log.warning("calibration not queued", extra={"subnet": subnet_id, "error": f"{type(e).__name__}: {e}"[:300]})
         finally:
             _slots.release()

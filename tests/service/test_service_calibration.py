@@ -69,11 +69,23 @@ def test_search_result_is_measured_and_downloads_are_recalibrated(env):
         assert torch.equal(pt["state_dict"][k], got[k])
 
 
-def test_uncalibrated_statistics_are_never_served(env):
+@pytest.fixture
+def private_env(env):
+    """`env` with a store of its own: the shared store caches Pareto fronts by table id, which every fresh test
+    database reuses."""
+    from ofa_service_testlib import _make_env
+    from service.supernets.store import SupernetStore
+    e = _make_env(env.settings, SupernetStore(env.settings).load())
+    yield e
+    e.client.__exit__(None, None, None)
+
+
+def test_uncalibrated_statistics_are_never_served(private_env):
     """A Pareto answer is given at once; until a worker has recalibrated its sub-network every format (and
     HEAD) answers 503 with Retry-After, and the result lists the pending fields; afterwards the downloads carry
     the recalibrated statistics and the job's result its measured accuracy."""
     from service.calibration.service import calibrate_by_id
+    env = private_env
     from service.devices import repository as repo
     from workers import runner
     env.add_device("pd")
