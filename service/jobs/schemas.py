@@ -109,7 +109,6 @@ class SpecializeRequest(BaseModel):
         {"device": "host-cpu", "constraints": {"latency_ms": {"times_min": 1.5}}, "options": {"seed": 0}},
         {"device": "host-cpu", "constraints": {"latency_ms": {"fraction_of_range": 0.5}, "macs": {"times_min": 3}},
          "accuracy_floor": 0.3, "options": {"population": 100, "generations": 100, "seed": 0}},
-        {"device": "host-cpu", "constraints": {"latency_ms": 5.0}, "options": {"seed": 1}},
         {"supernet": "ofa_mbv3_d234_e346_k357_w1.2", "device": "note10", "constraints": {"latency_ms": 25}}]})
     supernet: str | None = Field(None, pattern=NAME_PATTERN,
                                  description="registered supernet; default: the device's supernet")
