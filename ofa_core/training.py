@@ -117,7 +117,8 @@ def frozen_subnet(supernet: OFAMobileNetV3, cfg: SubnetConfig) -> torch.jit.Scri
     """The sub-network cut out (its current BN statistics), traced and frozen for inference: BN folded into
     the convs, constants inlined; about twice as fast as the supernet's eval forward on a CPU. Any input
     resolution runs. Used for the teacher's soft targets and for accuracy evaluation."""
-    net = extract(supernet, cfg).eval()
+    with torch.random.fork_rng(devices=[]):      # building the static net draws init weights: keep the
+        net = extract(supernet, cfg).eval()      # training's random stream (dropout) as it was
     example = torch.zeros(2, 3, cfg.r, cfg.r)
     return torch.jit.freeze(torch.jit.trace(net, example, check_trace=False))
 
