@@ -360,11 +360,89 @@ def rmse_pp(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.sqrt(np.mean((pred - target) ** 2)) * 100.0)
 
 
+MAX_ENSEMBLE = 8
+
+
 def train_predictor(enc: np.ndarray, acc: np.ndarray, spec: SupernetSpec | str, *, encoding: str = "onehot",
                     val_fraction: float = 0.2, epochs: int = 600, batch_size: int = 256, lr: float = 1e-3,
                     weight_decay: float = 1e-4, hidden: int = 400, n_layers: int = 3, seed: int = 0,
                     max_seconds: float | None = None, progress: Callable[[int, float], None] | None = None,
-                    val_indices: np.ndarray | None = None) -> tuple[AccuracyPredictor, dict[str, float]]:
+                    val_indices: np.ndarray | None = None, ensemble: int = 1
+                    ) -> tuple[AccuracyPredictor, dict[str, float]]:
+    """`_train_one` (see there), or with `ensemble=k > 1` k members trained with seeds seed..seed+k-1 on the
+    same split (the one `seed` draws) and merged by `average_predictors` into one plain MLP whose output is the
+    members' mean (so the file loads with `AccuracyPredictor.load` like any other). `max_seconds` bounds the
+    whole run (each member gets an equal share). Metrics are the ensemble's, plus the members' held-out RMSE."""
+    if isinstance(ensemble, bool) or not isinstance(ensemble, int) or not 1 <= ensemble <= MAX_ENSEMBLE:
+        raise PredictorError(f"ensemble must be an integer in 1..{MAX_ENSEMBLE}, got {ensemble!r}")
+    kw = dict(encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+              hidden=hidden, n_layers=n_layers, progress=progress)
+    if ensemble == 1:
+        return _train_one(enc, acc, spec, val_fraction=val_fraction, seed=seed, max_seconds=max_seconds,
+                          val_indices=val_indices, **kw)
+    n = len(np.asarray(acc).reshape(-1))
+    if val_indices is None:
+        n_val = max(1, int(round(val_fraction * n))) if val_fraction > 0 else 0
+        val_indices = np.random.default_rng(seed).permutation(n)[:n_val]
+    share = None if max_seconds is None else max_seconds / ensemble
+    members = [_train_one(enc, acc, spec, seed=seed + i, max_seconds=share, val_indices=val_indices, **kw)
+               for i in range(ensemble)]
+    pred = average_predictors([p for p, _ in members])
+    spec_ = pred.spec
+    enc_c = canonicalize_encoded(spec_, np.asarray(enc))
+    acc = np.asarray(acc, dtype=np.float64).reshape(-1)
+    val_idx = np.unique(np.asarray(val_indices, dtype=np.int64))
+    tr_idx = np.setdiff1d(np.arange(n), val_idx)
+    p_all = pred.predict(enc_c)
+    m0 = members[0][1]
+    metrics = {"n_train": int(len(tr_idx)), "n_val": int(len(val_idx)),
+               "epochs_run": max(m["epochs_run"] for _, m in members), "best_epoch": m0["best_epoch"],
+               "train_rmse_pp": rmse_pp(p_all[tr_idx], acc[tr_idx]),
+               "train_kendall_tau": kendall_tau(p_all[tr_idx], acc[tr_idx]),
+               "val_rmse_pp": rmse_pp(p_all[val_idx], acc[val_idx]) if len(val_idx) else float("nan"),
+               "val_kendall_tau": kendall_tau(p_all[val_idx], acc[val_idx]) if len(val_idx) > 1 else float("nan"),
+               "mean_acc": float(acc.mean()), "seed": seed, "encoding": encoding, "ensemble": ensemble,
+               "member_val_rmse_pp": [m["val_rmse_pp"] for _, m in members]}
+    pred.metrics = metrics
+    return pred, metrics
+
+
+def average_predictors(members: list[AccuracyPredictor]) -> AccuracyPredictor:
+    """One plain Linear/ReLU MLP computing the mean of `members`' outputs exactly (same spec, encoding, depth):
+    hidden layers side by side (the first stacked, the later block-diagonal), the output layer's weights
+    concatenated over k and its bias averaged. Width k * hidden; loads and runs the fast path like any MLP."""
+    if not members:
+        raise PredictorError("no members to average")
+    a = members[0]
+    if any(p.spec.name != a.spec.name or p.encoding != a.encoding or p.n_layers != a.n_layers
+           or p.hidden != a.hidden for p in members):
+        raise PredictorError("ensemble members must share spec, encoding and architecture")
+    k = len(members)
+    lins = [[m for m in p.model if isinstance(m, nn.Linear)] for p in members]
+    model = build_mlp(a.n_features, a.hidden * k, a.n_layers)
+    out = [m for m in model if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for j, dst in enumerate(out):
+            ws = [ls[j].weight.detach().float() for ls in lins]
+            bs = [ls[j].bias.detach().float() for ls in lins]
+            if j == 0:
+                dst.weight.copy_(torch.cat(ws, 0))
+                dst.bias.copy_(torch.cat(bs))
+            elif j < len(out) - 1:
+                dst.weight.copy_(torch.block_diag(*ws))
+                dst.bias.copy_(torch.cat(bs))
+            else:
+                dst.weight.copy_(torch.cat(ws, 1) / k)
+                dst.bias.copy_(torch.stack(bs).mean(0))
+    return AccuracyPredictor(a.spec, encoding=a.encoding, hidden=a.hidden * k, n_layers=a.n_layers, model=model,
+                             metrics={"ensemble": k})
+
+
+def _train_one(enc: np.ndarray, acc: np.ndarray, spec: SupernetSpec | str, *, encoding: str = "onehot",
+               val_fraction: float = 0.2, epochs: int = 600, batch_size: int = 256, lr: float = 1e-3,
+               weight_decay: float = 1e-4, hidden: int = 400, n_layers: int = 3, seed: int = 0,
+               max_seconds: float | None = None, progress: Callable[[int, float], None] | None = None,
+               val_indices: np.ndarray | None = None) -> tuple[AccuracyPredictor, dict[str, float]]:
     """Fit the MLP with the authors' recipe (Adam lr 1e-3, wd 1e-4, output bias = mean acc); 600 epochs of
     batch 256 by default (on ~2,200 measured sub-networks clearly better held-out RMSE than 200 epochs of 500).
 

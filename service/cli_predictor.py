@@ -29,6 +29,8 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-seconds", type=float, default=60.0, help="stop training after this long")
+    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+                   help="average K members (seeds seed..seed+K-1, same split) into one predictor file (1..8)")
     p.add_argument("--out", help="where to write the .safetensors predictor (default: in the data directory)")
     p.add_argument("--register", action="store_true", help="register it for the supernet (like register-predictor)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -40,6 +42,8 @@ def _check(args) -> None:
         raise ValueError("--val-fraction must be in [0, 1)")
     if args.epochs < 1 or args.batch_size < 1 or args.max_seconds <= 0 or args.lr <= 0:
         raise ValueError("--epochs, --batch-size, --max-seconds and --lr must be positive")
+    if not 1 <= args.ensemble <= 8:
+        raise ValueError("--ensemble must be in 1..8")
 
 
 def train(args, settings) -> dict:
@@ -67,7 +71,7 @@ def train(args, settings) -> dict:
     t0 = time.perf_counter()
     pred, m = train_predictor(enc, acc, spec, val_fraction=args.val_fraction, epochs=args.epochs,
                               batch_size=args.batch_size, lr=args.lr, seed=args.seed, max_seconds=args.max_seconds,
-                              val_indices=val_idx)
+                              val_indices=val_idx, ensemble=args.ensemble)
     secs = time.perf_counter() - t0
     out = args.out or os.path.join(settings.var_dir, "trained_predictors",
                                    f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}.safetensors")
@@ -77,7 +81,8 @@ def train(args, settings) -> dict:
     report = {"supernet": spec.name, "predictor": os.path.abspath(out), "notes": notes,
               "split": "validation file" if args.val_file else f"seeded {args.val_fraction:g} (seed {args.seed})",
               **{k: m[k] for k in ("n_train", "n_val", "val_rmse_pp", "val_kendall_tau", "train_rmse_pp",
-                                   "epochs_run", "best_epoch")}, "seconds": round(secs, 2), "registered": False}
+                                   "epochs_run", "best_epoch")}, "ensemble": args.ensemble,
+              "seconds": round(secs, 2), "registered": False}
     if args.register:
         from service.cli import cmd_register_predictor
         cmd_register_predictor(argparse.Namespace(supernet=spec.name, file=out))

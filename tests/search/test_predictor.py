@@ -110,3 +110,30 @@ def test_codes_predictor_any_depth():
         pred = AccuracyPredictor(spec, hidden=32, n_layers=n_layers)
         np.testing.assert_allclose(pred.codes_predictor()(pred.codes(enc), enc[:, -1]), pred.predict_mlp(enc),
                                    atol=1e-6)
+
+
+def test_ensemble_is_the_average_of_its_members(tmp_path):
+    from ofa_core.predictor import _train_one, average_predictors
+    from ofa_core.spec import active_mask
+    spec = get_spec("ofa_mbv3_cifar10")
+    rng = np.random.default_rng(1)
+    enc = spec.sample_encoded(200, rng)
+    big = ((enc[:, :20] == 7) & active_mask(spec, enc[:, 40:45])).sum(1)
+    acc = 0.6 + 0.01 * big + 0.02 * (enc[:, -1] - 24) / 4 + rng.normal(0, 0.002, 200)
+    ens, m = train_predictor(enc, acc, spec, epochs=20, seed=5, ensemble=3, hidden=64)
+    val = np.random.default_rng(5).permutation(200)[:40]
+    members = [_train_one(enc, acc, spec, epochs=20, seed=5 + i, val_indices=val, hidden=64)[0] for i in range(3)]
+    mean = np.mean([p.predict(enc) for p in members], axis=0)
+    np.testing.assert_allclose(ens.predict(enc), mean, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ens.predict_mlp(enc), mean, rtol=0, atol=1e-5)
+    assert m["ensemble"] == 3 and m["n_val"] == 40 and len(m["member_val_rmse_pp"]) == 3
+    assert len({round(r, 6) for r in m["member_val_rmse_pp"]}) == 3          # different seeds, different members
+    path = tmp_path / "ens.safetensors"
+    ens.save(path)
+    loaded = AccuracyPredictor.load(path)
+    assert loaded.hidden == 192 and loaded.metrics["ensemble"] == 3
+    np.testing.assert_allclose(loaded.predict(enc), mean, rtol=0, atol=1e-5)
+    one = average_predictors(members[:1])
+    np.testing.assert_allclose(one.predict(enc), members[0].predict(enc), rtol=0, atol=1e-6)
+    with pytest.raises(PredictorError, match="ensemble"):
+        train_predictor(enc, acc, spec, epochs=1, ensemble=0)

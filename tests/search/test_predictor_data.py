@@ -84,18 +84,19 @@ def test_cli_train_predictor_val_file_and_register(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OFA_VAR_DIR": str(tmp_path / "var"),
            "OFA_DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite"}
     cmd = [sys.executable, "-m", "service.cli", "train-predictor", str(tmp_path / "train.jsonl"), "--scale",
-           "percent", "--supernet", SPEC, "--val-file", str(tmp_path / "val.json"), "--epochs", "300", "--json",
-           "--register"]
+           "percent", "--supernet", SPEC, "--val-file", str(tmp_path / "val.json"), "--epochs", "150", "--ensemble", "2",
+           "--json", "--register"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout[r.stdout.index("{"):])
     assert rep["n_val"] == 50 and rep["n_train"] == 190 and rep["split"] == "validation file"
     assert any("10 training configs also in the validation file" in n for n in rep["notes"])
     assert 0 < rep["val_rmse_pp"] < 2.0 and rep["val_kendall_tau"] > 0.5 and rep["registered"]
+    assert rep["ensemble"] == 2
     assert os.path.exists(tmp_path / "var" / "predictors" / f"{SPEC}.safetensors")
     from ofa_core.predictor import AccuracyPredictor
     p = AccuracyPredictor.load(rep["predictor"], spec)
-    assert p.predict(enc[:3]).shape == (3,)
+    assert p.predict(enc[:3]).shape == (3,) and p.hidden == 800 and p.metrics["ensemble"] == 2
     bad = subprocess.run(cmd[:-2] + ["--scale", "fraction"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "use scale 'percent'" in bad.stderr
