@@ -384,6 +384,29 @@ def calibrate(prior: LatencyTable | None, enc: np.ndarray, measured_ms: np.ndarr
                            environment=environment, **kw).table
 
 
+def _equal_share_theta(layout: OperatorLayout, cand: np.ndarray) -> np.ndarray:
+    """The cost-model features' equal-share weights: each feature worth the same share of an average config."""
+    scale = np.asarray(layout.counts(cand) @ layout.F).mean(axis=0)
+    return np.where(scale > 0, 1.0 / np.where(scale > 0, scale, 1.0), 0.0) / max((scale > 0).sum(), 1)
+
+
+def cost_model_table(spec: SupernetSpec, resolutions: Sequence[int] | None = None, *, typical_ms: float = 1.0,
+                     batch_size: int = 1, pool: int = 256, seed: int = 0) -> LatencyTable:
+    """A complete table priced by the cost-model basis alone (the equal-share shape `suggest_configs` starts
+    from), scaled so that an average random sub-network sums to `typical_ms`. A shape, not a measurement: it
+    is what a device with no timings looks like to the calibration (an honest example or placeholder)."""
+    res = tuple(sorted(int(r) for r in (resolutions if resolutions is not None else spec.resolutions)))
+    layout = layout_for(spec, res, int(batch_size))
+    cand = spec.sample_encoded(pool, np.random.default_rng(seed), layout.resolutions)
+    theta = _equal_share_theta(layout, cand)
+    _, names = _design(layout, None)
+    x = layout.F @ theta
+    x *= float(typical_ms) / max(float(np.asarray(layout.counts(cand) @ x).mean()), 1e-300)
+    means = layout.to_means(x, _fixed_split(layout, theta, names, None))
+    return LatencyTable(spec, {r: {k: {"mean": v} for k, v in t.items()} for r, t in means.items()},
+                        source="calibrated", environment={"method": "cost-model"}, batch_size=int(batch_size))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Which configs to time next
 # ----------------------------------------------------------------------------------------------------
@@ -424,8 +447,7 @@ def suggest_configs(spec: SupernetSpec, n: int, *, table: LatencyTable | None = 
         m = np.maximum(layout.from_table(table), 1e-12)
         theta = nnls(F / m[:, None], np.ones(len(m)), maxiter=50 * F.shape[1])[0]
     else:
-        scale = np.asarray(layout.counts(cand) @ F).mean(axis=0)
-        theta = np.where(scale > 0, 1.0 / np.where(scale > 0, scale, 1.0), 0.0) / max((scale > 0).sum(), 1)
+        theta = _equal_share_theta(layout, cand)
         m = np.maximum(F @ theta, 1e-12)
     zs = {g: _one_hot(layout.groups[g]) for g in FAMILIES}
     A = layout.counts(np.concatenate([obs, cand]))

@@ -120,6 +120,9 @@ def openapi_schema(app) -> dict[str, Any]:
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     doc.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
     _parameter_examples(doc)
+    from service.devices import examples   # complete table examples for the uploads (built once, referenced)
+    settings = getattr(app.state, "settings", None)
+    examples.install(doc, getattr(settings, "default_supernet", "ofa_mbv3_cifar10"))
     uses = {r.unique_id: _key_use(r.dependant) for r in _api_routes(app.routes)}
     for ops in doc["paths"].values():
         for op in ops.values():

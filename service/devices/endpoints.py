@@ -27,8 +27,8 @@ TABLE_BODY = {"requestBody": {"content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
         "name": {"type": "string"}, "supernet": {"type": "string"}, "description": {"type": "string"}}},
-        "example": {"name": "note10", "supernet": "ofa_mbv3_d234_e346_k357_w1.2", "description": "Samsung Note10",
-                    "file": ["160_lookup_table.yaml", "176_lookup_table.yaml"]}}}}}
+        "example": {"name": "example-upload", "supernet": "ofa_mbv3_cifar10",
+                    "description": "one <r>_lookup_table.yaml per resolution (pick the files)"}}}}}
 TIMINGS_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"type": "object", "required": ["timings"], "properties": {
         "timings": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["config", "latency_ms"],
