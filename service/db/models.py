@@ -191,3 +191,22 @@ class SubnetCalibration(Base):
     requested_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PredictorTraining(Base):
+    """An accuracy predictor trained by a worker from posted (config, accuracy) pairs (`POST /supernets/{name}/
+    predictor`): the canonical rows (encoded configs, accuracies 0..1), the parameters, and once done the saved
+    file (registered for the supernet) and its held-out metrics. status: queued | running | succeeded | failed."""
+    __tablename__ = "predictor_trainings"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    supernet: Mapped[str] = mapped_column(String(128), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)          # {"enc": [[...]], "acc": [...], "notes": [...]}
+    owner_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column()
+    finished_at: Mapped[dt.datetime | None] = mapped_column()
