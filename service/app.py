@@ -85,11 +85,12 @@ def create_app(settings: Settings | None = None, store: SupernetStore | None = N
     from service.devices.endpoints import router as devices
     from service.health import router as health
     from service.jobs.endpoints import router as jobs
+    from service.predictors.endpoints import router as predictors
     from service.subnets.endpoints import router as subnets
     from service.supernets.endpoints import router as supernets
     from service.openapi import install_docs
     from service.web import install_web
-    for r in (health, jobs, devices, subnets, supernets):
+    for r in (health, jobs, devices, subnets, supernets, predictors):
         app.include_router(r)
     install_docs(app)
     install_web(app)

@@ -137,10 +137,9 @@ def cmd_import_table(args) -> int:
 def cmd_register_predictor(args) -> int:
     """Copy an accuracy predictor into the data directory, where the service (and its workers, also while they
     run) find it for that supernet unless OFA_PREDICTORS names another file."""
-    import shutil
     from ofa_core.spec import get_spec
     from service.engine.adapter import SupernetEngine
-    from service.supernets.store import PREDICTOR_EXTENSIONS
+    from service.supernets.store import PREDICTOR_EXTENSIONS, register_predictor_file
     s = _settings()
     try:
         spec = get_spec(args.supernet)
@@ -155,13 +154,7 @@ def cmd_register_predictor(args) -> int:
         eng = SupernetEngine(spec, None, os.path.abspath(args.file))
     except Exception as e:
         raise ValueError(f"{args.file} is not a predictor for {args.supernet}: {type(e).__name__}: {e}") from None
-    folder = os.path.join(s.var_dir, "predictors")
-    os.makedirs(folder, exist_ok=True)
-    for old in PREDICTOR_EXTENSIONS:
-        if os.path.exists(os.path.join(folder, args.supernet + old)):
-            os.remove(os.path.join(folder, args.supernet + old))
-    dest = os.path.join(folder, args.supernet + ext)
-    shutil.copyfile(args.file, dest)
+    dest = register_predictor_file(s.var_dir, args.supernet, args.file)
     print(f"predictor for {args.supernet} registered: {dest} (supernet version {eng.version}); a running service "
           f"loads it on the next request")
     return 0

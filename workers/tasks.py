@@ -88,6 +88,15 @@ def calibrate_subnet(subnet_id: str) -> None:
     calibrate_by_id(db, store, subnet_id)
 
 
+@celery_app.task(name="ofa.train_predictor", **{**COMMON, "max_retries": 3})
+def train_predictor(training_id: str) -> None:
+    """Train, save and register the accuracy predictor of one stored training (service/predictors); a finished
+    training delivered again is left alone."""
+    from service.predictors.service import train_by_id
+    settings, db, store = context()
+    train_by_id(db, settings, training_id)
+
+
 @celery_app.task(name="ofa.profile_host", **{**COMMON, "max_retries": 1})
 def profile_host(device_name: str | None = None, supernet: str | None = None) -> None:
     from workers import runner

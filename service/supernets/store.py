@@ -28,6 +28,26 @@ def registered_predictor(var_dir: str, name: str) -> str | None:
     return None
 
 
+def register_predictor_file(var_dir: str, supernet: str, path: str) -> str:
+    """Copy a predictor file into the data directory as the one registered for `supernet` (replacing any other
+    registered one, atomically): where the service and its workers find it unless OFA_PREDICTORS names another.
+    Returns the registered path. The caller has checked that the file is a predictor for that supernet."""
+    import shutil
+    ext = os.path.splitext(path)[1]
+    if ext not in PREDICTOR_EXTENSIONS:
+        raise ValueError(f"{path}: a predictor is a .safetensors file or the published .pth")
+    folder = os.path.join(var_dir, "predictors")
+    os.makedirs(folder, exist_ok=True)
+    dest = os.path.join(folder, supernet + ext)
+    tmp = f"{dest}.tmp{os.getpid()}"
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, dest)
+    for old in PREDICTOR_EXTENSIONS:
+        if old != ext and os.path.exists(os.path.join(folder, supernet + old)):
+            os.remove(os.path.join(folder, supernet + old))
+    return dest
+
+
 class SupernetStore:
     def __init__(self, settings: Settings):
         self.settings = settings

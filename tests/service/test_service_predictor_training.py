@@ -1,0 +1,82 @@
+"""`POST /supernets/{name}/predictor` end to end on both backends: pairs -> stored training -> the worker's
+task trains, saves and registers the predictor -> `GET` shows status and held-out metrics."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+SPEC = "ofa_mbv3_cifar10"
+
+
+def _rows(n=240, seed=0):
+    from ofa_core.spec import SubnetConfig, get_spec
+    spec = get_spec(SPEC)
+    rng = np.random.default_rng(seed)
+    enc = spec.sample_encoded(n, rng)
+    acc = 60 + 0.03 * enc[:, :40].sum(1) + 0.5 * (enc[:, -1] - 24) + rng.normal(0, 0.2, n)
+    rows = []
+    for e, a in zip(enc, acc):
+        c = SubnetConfig.from_encoded(spec, e).to_dict()
+        rows.append({"wid": None, "ks": c["ks"], "e": c["e"], "d": c["d"], "r": [c["r"]], "acc": float(a)})
+    return spec, enc, rows
+
+
+def test_train_predictor_endpoint_end_to_end(env):
+    from ofa_core.predictor import AccuracyPredictor
+    from service.predictors.service import train_by_id
+    spec, enc, rows = _rows()
+    body = {"data": rows, "scale": "percent", "epochs": 40, "seed": 1, "ensemble": 2, "val_fraction": 0.25}
+    r = env.client.post(f"/supernets/{SPEC}/predictor", json=body, headers=env.h)
+    assert r.status_code == 202, r.text
+    t = r.json()
+    assert t["status"] == "queued" and t["n_rows"] == 240 and t["params"]["ensemble"] == 2
+    assert any("ignored keys: wid" in n for n in t["notes"])
+    assert env.client.get(t["url"]).json()["status"] == "queued"
+    assert train_by_id(env.db, env.settings, t["id"]) == "succeeded"          # the task's body, as a worker runs it
+    assert train_by_id(env.db, env.settings, t["id"]) == "skipped"            # delivered again: left alone
+    g = env.client.get(t["url"])
+    assert g.status_code == 200, g.text
+    res = g.json()
+    assert res["status"] == "succeeded" and res["finished_at"] and res["error"] is None
+    m = res["result"]
+    assert m["n_val"] == 60 and m["n_train"] == 180 and m["ensemble"] == 2 and len(m["member_val_rmse_pp"]) == 2
+    assert 0 < m["val_rmse_pp"] < 3.0 and m["val_kendall_tau"] > 0.4 and m["registered"]
+    reg = os.path.join(env.settings.var_dir, "predictors", f"{SPEC}.safetensors")
+    assert m["registered_as"] == reg and os.path.exists(m["predictor"])
+    p = AccuracyPredictor.load(reg, spec)
+    assert p.hidden == 800 and p.metrics["ensemble"] == 2
+    np.testing.assert_allclose(p.predict(enc), AccuracyPredictor.load(m["predictor"]).predict(enc))
+    assert env.client.get(f"/supernets/{SPEC}/predictor/trainings/nope").status_code == 404
+    assert env.client.get(f"/supernets/ofa_mbv3_d234_e346_k357_w1.2/predictor/trainings/{t['id']}").status_code == 404
+
+
+def test_train_predictor_endpoint_auth_and_validation(env):
+    _, _, rows = _rows(40)
+    url = f"/supernets/{SPEC}/predictor"
+    ok = {"data": rows, "scale": "percent", "epochs": 5}
+    assert env.client.post(url, json=ok).status_code == 401
+    assert env.client.post(url, json=ok, headers={"X-API-Key": "wrong"}).status_code == 401
+
+    def field(body):
+        r = env.client.post(url, json=body, headers=env.h)
+        assert r.status_code == 422, r.text
+        return r.json()["error"]["field"], r.json()["error"]["message"]
+
+    assert field({"data": rows, "epochs": 5})[0] == "scale"
+    assert field({**ok, "scale": "auto"})[0] == "scale"
+    assert field({**ok, "epochs": 100000})[0] == "epochs"
+    assert field({**ok, "ensemble": 9})[0] == "ensemble"
+    assert field({**ok, "val_fraction": 1.5})[0] == "val_fraction"
+    assert field({**ok, "bogus": 1})[0] == "bogus"
+    f, msg = field({**ok, "scale": "fraction"})
+    assert f == "data" and "use scale 'percent'" in msg
+    bad = [dict(r) for r in rows]
+    bad[3]["ks"] = [4] * 20
+    f, msg = field({**ok, "data": bad})
+    assert f == "data" and "row 3" in msg and "ks" in msg
+    f, msg = field({**ok, "data": rows[:4]})
+    assert f == "data" and "at least" in msg
+    f, msg = field({**ok, "data": rows[:1] * 20001})
+    assert f == "data" and "at most 20000" in msg
+    assert env.client.post("/supernets/nope/predictor", json=ok, headers=env.h).status_code == 404
