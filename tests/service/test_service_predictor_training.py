@@ -80,3 +80,48 @@ def test_train_predictor_endpoint_auth_and_validation(env):
     f, msg = field({**ok, "data": rows[:1] * 20001})
     assert f == "data" and "at most 20000" in msg
     assert env.client.post("/supernets/nope/predictor", json=ok, headers=env.h).status_code == 404
+
+
+def _worker_env(settings) -> dict:
+    import json
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFA_")}
+    env.update(OFA_VAR_DIR=settings.var_dir, OFA_DATABASE_URL=settings.database_url,
+               OFA_BROKER_URL=settings.broker_url, OFA_TASK_QUEUE=settings.task_queue, OFA_LOG_LEVEL="WARNING",
+               OFA_WEIGHTS=json.dumps(settings.weights), OFA_PREDICTORS=json.dumps(settings.predictors),
+               OFA_AUTO_PROFILE_HOST="false", OMP_NUM_THREADS="1")
+    return env
+
+
+def test_train_predictor_with_a_real_worker(env, tmp_path):
+    """The task published by the endpoint, consumed by a real Celery worker process (`ofa worker`)."""
+    import subprocess
+    import sys
+    import time
+    from ofa_service_testlib import ROOT
+    from ofa_core.predictor import AccuracyPredictor
+    spec, enc, rows = _rows(200, seed=3)
+    log = open(tmp_path / "worker.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--concurrency", "1", "--pool", "solo"],
+                            cwd=ROOT, env=_worker_env(env.settings), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        r = env.client.post(f"/supernets/{SPEC}/predictor", headers=env.h,
+                            json={"data": rows, "scale": "percent", "epochs": 120, "register": False})
+        assert r.status_code == 202, r.text
+        url, deadline = r.json()["url"], time.monotonic() + 240
+        while (t := env.client.get(url).json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert t["status"] == "succeeded", t
+    m = t["result"]
+    assert m["n_val"] == 40 and 0 < m["val_rmse_pp"] < 3.0 and m["val_kendall_tau"] > 0.3
+    assert not m["registered"] and "registered_as" not in m
+    assert not os.path.exists(os.path.join(env.settings.var_dir, "predictors", f"{SPEC}.safetensors"))
+    assert AccuracyPredictor.load(m["predictor"], spec).predict(enc[:4]).shape == (4,)
