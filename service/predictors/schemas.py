@@ -9,12 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_ROWS = 20_000
 MAX_BODY = 16 * 1024 * 1024
 
-EXAMPLE_ROW = {"config": {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": 32}, "acc": 91.2}
+# twelve distinct sub-networks of the default supernet (depth and resolution varied), as a user would post them
+EXAMPLE_ROWS = [{"config": {"ks": [3 + 4 * (i // 9)] * 20, "e": [(3, 4, 6)[i // 3 % 3]] * 20, "d": [2 + i % 3] * 5,
+                            "r": (24, 28, 32)[i % 3]}, "acc": round(88.0 + 0.4 * i, 2)} for i in range(12)]
 
 
 class PredictorTrainIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra={"examples": [
-        {"data": [EXAMPLE_ROW] * 5, "scale": "percent", "epochs": 100, "ensemble": 1}]})
+        {"data": EXAMPLE_ROWS, "scale": "percent", "epochs": 50, "ensemble": 1, "register": False}]})
     data: list[Any] | dict[str, Any] = Field(
         description="(config, accuracy) pairs, as `ofa train-predictor` reads them: a list of {config, acc} rows "
                     "or OFA-style flat dicts (r may be [224]), or the published {config-as-JSON: accuracy} object "
