@@ -63,6 +63,8 @@ def create_app(settings: Settings | None = None, store: SupernetStore | None = N
             app.state.store.sync_db(app.state.db)
         except Exception:
             log.exception("could not record supernets (is the database migrated? run `ofa migrate`)")
+        from service.web import warm
+        await warm(app)    # the first navigation pays no first-request costs (first paint <= 200 ms)
         yield
         app.state.db.dispose()
 
