@@ -19,7 +19,7 @@ WARM_PATHS = ("/", "/ui/jobs", "/ui/specialize", "/ui/upload", "/static/web/app.
 log = logging.getLogger("ofa.web")
 
 
-async def warm(app, timeout_s: float = 10.0) -> float:
+async def warm(app, timeout_s: float = 3.0) -> float:
     """Render each dashboard page (and a device page) once in-process at startup, so that the first person's
     first navigation does not pay the first request's costs (SQL statement compilation and the ORM's first
     loads, the worker thread and the database connection, the static files' first reads). Goes straight to the
