@@ -65,8 +65,10 @@ class SupernetStore:
                 log.error("unknown supernet in OFA_SUPERNETS", extra={"supernet": name})
                 continue
             weights = self.settings.weights.get(name) or spec.resolve_weights()
-            predictor = (self.settings.predictors.get(name) or spec.predictor_path
-                         or registered_predictor(self.settings.var_dir, name))
+            # OFA_PREDICTORS, else one registered in the data directory (`ofa register-predictor`, a trained
+            # one), else the supernet's committed default
+            predictor = (self.settings.predictors.get(name) or registered_predictor(self.settings.var_dir, name)
+                         or spec.predictor_path)
             try:
                 eng = SupernetEngine(spec, weights, predictor)
             except Exception as e:  # a corrupt file must not stop the service; report it instead

@@ -125,3 +125,19 @@ def test_train_predictor_with_a_real_worker(env, tmp_path):
     assert not m["registered"] and "registered_as" not in m
     assert not os.path.exists(os.path.join(env.settings.var_dir, "predictors", f"{SPEC}.safetensors"))
     assert AccuracyPredictor.load(m["predictor"], spec).predict(enc[:4]).shape == (4,)
+
+
+def test_a_registered_predictor_is_served_over_the_default(settings_factory, tmp_path):
+    """Registration (the endpoint's, `ofa register-predictor`'s) wins over the supernet's committed default,
+    and OFA_PREDICTORS over both."""
+    from ofa_core.predictor import train_predictor
+    from service.supernets.store import SupernetStore, register_predictor_file
+    spec, enc, rows = _rows(60)
+    pred, _ = train_predictor(enc, np.linspace(0.6, 0.9, 60), spec, epochs=2, hidden=32)
+    pred.save(tmp_path / "mine.safetensors")
+    s = settings_factory("sqlite", supernets=[SPEC], predictors={})
+    assert SupernetStore(s).load().get(SPEC).predictor_path == spec.predictor_path
+    dest = register_predictor_file(s.var_dir, SPEC, str(tmp_path / "mine.safetensors"))
+    assert SupernetStore(s).load().get(SPEC).predictor_path == dest
+    pinned = settings_factory("sqlite", supernets=[SPEC], predictors={SPEC: spec.predictor_path}, var_dir=s.var_dir)
+    assert SupernetStore(pinned).load().get(SPEC).predictor_path == spec.predictor_path
