@@ -187,6 +187,21 @@ def test_api_docs_render_offline(page, live_service):
     page.wait_for_selector(".swagger-ui .information-container", timeout=30_000)
     assert page.locator(".swagger-ui .btn.authorize").count() >= 1      # the API key scheme is declared
     _shot(page, "docs.png")
+    # "Try it out" on POST /devices sends the documented example as it is (a complete cost-model table)
+    page.click(".auth-wrapper button.authorize")
+    page.locator(".auth-container input").first.fill(live_service.key)
+    page.locator(".auth-container button.authorize").first.click()
+    page.click("button.btn-done")
+    op = "#operations-devices-create_device_devices_post"
+    page.click(op)
+    page.wait_for_selector(op + " textarea.body-param__text", timeout=15_000)
+    assert len(page.input_value(op + " textarea.body-param__text")) > 10_000
+    page.fill(op + " tr[data-param-name='name'] input", "swagger-example")
+    page.click(op + " button.execute")
+    status = page.locator(op + " .live-responses-table tbody .response-col_status").first
+    status.wait_for(timeout=30_000)
+    assert status.inner_text().strip() == "201", page.inner_text(op + " .live-responses-table")
+    _shot(page, "docs_try_post_devices.png")
     page.goto(live_service.url + "/redoc")
     page.wait_for_selector("redoc .api-content, [role=main], .api-info", timeout=30_000)
     assert "OFA specialization service" in page.inner_text("body")
