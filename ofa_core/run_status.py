@@ -21,7 +21,39 @@ from .recipe import probe_configs, sha256_file
 from .spec import get_spec
 from .training import Phase, ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet
 
-MAX_KEPT_BYTES = 25 * 2**20
+PARTS = {"model": ("state_dict", "state", "config", "spec", "torch_rng"), "optimizer": ("optimizer",),
+         "teacher": ("teacher",)}     # kept as separate files, each well under the repository's 15 MB a file
+
+
+def split_checkpoint(path: str, out_dir: str) -> list[str]:
+    """Write the checkpoint at `path` as `last.<part>.pt` files in `out_dir` (tensors and plain values only)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    names = []
+    for part, keys in PARTS.items():
+        sub = {k: payload[k] for k in keys if k in payload}
+        if not sub:
+            continue
+        dst = os.path.join(out_dir, f"last.{part}.pt")
+        torch.save(sub, dst + ".tmp")
+        os.replace(dst + ".tmp", dst)
+        names.append(dst)
+    return names
+
+
+def join_checkpoint(kept_dir: str, run_dir: str) -> str:
+    """Rebuild `run_dir/last.pt` from the `last.<part>.pt` files in `kept_dir` (the inverse of split)."""
+    payload = {}
+    for part in PARTS:
+        src = os.path.join(kept_dir, f"last.{part}.pt")
+        if os.path.exists(src):
+            payload.update(torch.load(src, map_location="cpu", weights_only=True))
+    if "state_dict" not in payload:
+        raise SystemExit(f"{kept_dir}: no last.model.pt to restore from")
+    os.makedirs(run_dir, exist_ok=True)
+    dst = os.path.join(run_dir, "last.pt")
+    torch.save(payload, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+    return dst
 
 
 def measure(trainer: ProgressiveShrinkingTrainer, train, test, bn_images: int) -> dict:
@@ -41,8 +73,9 @@ def status_markdown(st: dict) -> str:
          f"phases done: {', '.join(st['phases_done']) or 'none'}",
          f"- training wall time so far: {st['elapsed_s'] / 3600:.2f} h",
          f"- resume: `{st['resume_command']}`",
-         f"- if `{st['run_dir']}` is gone (a new machine): `mkdir -p {st['run_dir']} && cp last.pt "
-         f"{st['run_dir']}/` from this folder first (the same sha256), then the command above", "",
+         f"- if `{st['run_dir']}` is gone (a new machine): `python -m ofa_core.run_status --restore "
+         f"runs/{st['supernet']} --run {st['run_dir']}` first (rebuilds last.pt from the `last.*.pt` parts kept "
+         "here), then the command above", "",
          f"Test accuracy ({st['test_images']} CIFAR-10 test images, BN recalibrated on {st['bn_images']} training "
          "images, no fine-tuning):", "", "| sub-network | test accuracy |", "|---|---|"]
     L += [f"| {k} | {100 * v:.2f}% |" for k, v in st["test_acc"].items()]
@@ -52,15 +85,22 @@ def status_markdown(st: dict) -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m ofa_core.run_status", description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="the run directory (last.pt, log.jsonl)")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data")
     p.add_argument("--supernet", default="ofa_mbv3_cifar10")
-    p.add_argument("--out", required=True, help="where STATUS.md / status.json (and with --keep, last.pt) go")
-    p.add_argument("--keep", action="store_true", help=f"copy the checkpoint to --out (at most {MAX_KEPT_BYTES} B)")
+    p.add_argument("--out", help="where STATUS.md / status.json (and with --keep, last.pt) go")
+    p.add_argument("--keep", action="store_true", help="keep the checkpoint in --out as last.<part>.pt files")
+    p.add_argument("--restore", default=None, metavar="KEPT_DIR",
+                   help="rebuild --run/last.pt from the parts kept in KEPT_DIR, and stop")
     p.add_argument("--holdout", type=int, default=10000)
     p.add_argument("--bn-images", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", default="data/cache")
     a = p.parse_args(argv)
+    if a.restore:
+        print(join_checkpoint(a.restore, a.run))
+        return {}
+    if not (a.data and a.out):
+        p.error("--data and --out are required (unless --restore)")
     torch.set_num_threads(a.threads)
     spec = get_spec(a.supernet)
     splits = load_dataset(a.data, cache_dir=a.cache_dir, progress=False)
@@ -88,11 +128,9 @@ def main(argv=None) -> dict:
                             "--assets <dir> --threads 2",
           "test_images": len(splits["test"]), "bn_images": a.bn_images,
           "test_acc": measure(trainer, train, splits["test"], a.bn_images)}
-    if not a.keep:
-        os.remove(snapshot)
-    elif st["checkpoint_bytes"] > MAX_KEPT_BYTES:
-        os.remove(snapshot)
-        st["kept"] = f"not kept: {st['checkpoint_bytes']} B is over {MAX_KEPT_BYTES} B"
+    if a.keep:
+        st["kept"] = [os.path.basename(f) for f in split_checkpoint(snapshot, a.out)]
+    os.remove(snapshot)
     with open(os.path.join(a.out, "status.json"), "w") as fh:
         json.dump(st, fh, indent=2)
     with open(os.path.join(a.out, "STATUS.md"), "w") as fh:

@@ -171,3 +171,22 @@ def test_bench_training_smoke(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "today (1 thread, NCHW, plain convs)" in out.stdout and "depth/expand (2 sub-networks + teacher)" in out.stdout
     assert out.stdout.count("x** |") == 3
+
+
+def test_kept_checkpoint_parts_rebuild_the_checkpoint(tmp_path):
+    from ofa_core.run_status import join_checkpoint, split_checkpoint
+    net = build_supernet(SPEC, seed=0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.randn(2, 3, 32, 32)).sum().backward()
+    opt.step()
+    payload = {"state_dict": net.state_dict(), "state": {"phase": 1, "step": 3}, "optimizer": opt.state_dict(),
+               "teacher": net.state_dict(), "config": "{}", "spec": SPEC.name, "torch_rng": torch.get_rng_state()}
+    torch.save(payload, tmp_path / "last.pt")
+    parts = split_checkpoint(str(tmp_path / "last.pt"), str(tmp_path))
+    assert sorted(os.path.basename(p) for p in parts) == ["last.model.pt", "last.optimizer.pt", "last.teacher.pt"]
+    assert max(os.path.getsize(p) for p in parts) < os.path.getsize(tmp_path / "last.pt") * 0.6
+    back = torch.load(join_checkpoint(str(tmp_path), str(tmp_path / "run")), weights_only=True)
+    assert back.keys() == payload.keys() and back["state"] == payload["state"]
+    for k, v in payload["state_dict"].items():
+        assert torch.equal(back["state_dict"][k], v)
+    assert torch.equal(back["optimizer"]["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
