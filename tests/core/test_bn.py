@@ -24,14 +24,6 @@ from ofa_core.spec import SubnetConfig, get_spec  # noqa: E402
 SPEC = get_spec("ofa_mbv3_cifar10")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def net():
     return randomize(build_supernet(SPEC, seed=0), seed=3).eval()

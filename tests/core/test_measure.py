@@ -20,14 +20,6 @@ SPEC = get_spec("ofa_mbv3_cifar10")
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "ofa_core", "assets")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _images(n, seed):
     rng = np.random.default_rng(seed)
     return ImageArray(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n), list("abcdefghij"))
