@@ -113,38 +113,45 @@ class CostModel:
         self.spec = spec
         B, S = spec.n_blocks, spec.n_stages
         self._B, self._S = B, S
-        res, kss, ers = list(spec.resolutions), list(spec.ks_list), list(spec.expand_list)
-        R, K, E = len(res), len(kss), len(ers)
+        kss, ers = list(spec.ks_list), list(spec.expand_list)
+        R, K, E = spec.input_range[1] + 1, len(kss), len(ers)   # indexed by the resolution itself
         self._R, self._K, self._E = R, K, E
-        geo = spec.block_in_out()
-        macs = np.zeros((B, R, K, E), dtype=np.int64)
-        params = np.zeros((B, K, E), dtype=np.int64)
-        mem = np.zeros((B, R, E), dtype=np.int64)
-        fixed = np.zeros((3, R), dtype=np.int64)
-        for ri, r in enumerate(res):
-            fixed[:, ri] = _fixed_costs(spec, r)
-            sizes = spec.feature_sizes(r)
-            for b, (cin, cout, stride, _, se) in enumerate(geo):
-                for ki, k in enumerate(kss):
-                    for ei, e in enumerate(ers):
-                        bm, bp, bmem = _block_costs(cin, cout, stride, se, sizes[b], k, spec.mid_channels(cin, e))
-                        macs[b, ri, ki, ei] = bm
-                        params[b, ki, ei] = bp
-                        mem[b, ri, ei] = bmem
-        # flat tables with a trailing zero that inactive blocks point at
-        self._macs_flat = np.append(macs.ravel(), 0)
-        self._params_flat = np.append(params.ravel(), 0)
-        self._mem_flat = np.append(mem.ravel(), 0)
-        self._fixed_macs, self._fixed_params, self._fixed_mem = fixed
-        self.tables = {"macs": macs, "params": params, "peak_memory": mem}
+        self._geo = spec.block_in_out()
+        # per-resolution rows are filled on first use (`_fill`): the trained grid now, any other accepted size
+        # when a config asks for it; a trailing zero entry is what inactive blocks point at
+        self._macs_flat = np.zeros(B * R * K * E + 1, dtype=np.int64)
+        self._params_flat = np.zeros(B * K * E + 1, dtype=np.int64)
+        self._mem_flat = np.zeros(B * R * E + 1, dtype=np.int64)
+        self._fixed_macs, self._fixed_params, self._fixed_mem = np.zeros((3, R), dtype=np.int64)
+        self._ready = np.zeros(R, dtype=bool)
+        self.tables = {"macs": self._macs_flat[:-1].reshape(B, R, K, E),
+                       "params": self._params_flat[:-1].reshape(B, K, E),
+                       "peak_memory": self._mem_flat[:-1].reshape(B, R, E)}
 
         def lut(values: Sequence[int]) -> np.ndarray:
             t = np.full(max(values) + 1, -1, dtype=np.int64)
             t[list(values)] = np.arange(len(values))
             return t
 
-        self._r_lut, self._k_lut, self._e_lut = lut(res), lut(kss), lut(ers)
+        self._k_lut, self._e_lut = lut(kss), lut(ers)
         self._b = np.arange(B, dtype=np.int64)
+        self._fill(spec.resolutions)
+
+    def _fill(self, resolutions) -> None:
+        """Compute the cost rows of these resolutions (idempotent: a concurrent fill writes the same values)."""
+        spec, macs, params, mem = self.spec, self.tables["macs"], self.tables["params"], self.tables["peak_memory"]
+        for r in resolutions:
+            r = int(r)
+            if self._ready[r]:
+                continue
+            self._fixed_macs[r], self._fixed_params[r], self._fixed_mem[r] = _fixed_costs(spec, r)
+            sizes = spec.feature_sizes(r)
+            for b, (cin, cout, stride, _, se) in enumerate(self._geo):
+                for ki, k in enumerate(spec.ks_list):
+                    for ei, e in enumerate(spec.expand_list):
+                        bm, bp, bmem = _block_costs(cin, cout, stride, se, sizes[b], k, spec.mid_channels(cin, e))
+                        macs[b, r, ki, ei], params[b, ki, ei], mem[b, r, ei] = bm, bp, bmem
+            self._ready[r] = True
 
     # -- indices ------------------------------------------------------------------------------------
     def _prepare(self, enc, validate: bool):
@@ -158,7 +165,9 @@ class CostModel:
             enc = validate_encoded(self.spec, enc)
         B, S = self._B, self._S
         mask = active_mask(self.spec, enc[:, 2 * B:2 * B + S])
-        ri = self._r_lut[enc[:, -1]]
+        ri = enc[:, -1].astype(np.int64)
+        if len(ri) and not self._ready[ri].all():
+            self._fill(np.unique(ri[~self._ready[ri]]))
         ki = self._k_lut[enc[:, :B]]
         ei = self._e_lut[enc[:, B:2 * B]]
         return single, mask, ri, ki, ei

@@ -141,6 +141,8 @@ class LatencyTable:
                 r_int = int(r)
             except (TypeError, ValueError):
                 raise LatencyTableError(f"resolution {r!r} is not an integer") from None
+            if not self.spec.accepts_resolution(r_int):
+                raise LatencyTableError(f"resolution {self.spec.resolution_error(r_int)}")
             if not isinstance(mapping, Mapping):
                 raise LatencyTableError(f"r={r_int}: expected a mapping of operator keys, got {type(mapping).__name__}")
             self.tables[r_int] = {str(k): _entry(k, v, r_int) for k, v in mapping.items()}

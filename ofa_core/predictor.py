@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -108,6 +108,14 @@ class AccuracyPredictor:
     @property
     def n_res_slots(self) -> int:
         return PUBLISHED_RES_SLOTS if self.encoding == "published" else len(self.spec.resolutions)
+
+    def encodable(self, resolutions: Iterable[int]) -> tuple[int, ...]:
+        """The given resolutions this predictor's input encoding has a slot for (sorted): 112 <= r < 240 for the
+        published encoding (one slot per 16), the supernet's trained grid for the one-hot encoding."""
+        rs = sorted({int(r) for r in resolutions})
+        if self.encoding == "published":
+            return tuple(r for r in rs if 112 <= r < 112 + 16 * PUBLISHED_RES_SLOTS)
+        return tuple(r for r in rs if r in self.spec.resolutions)
 
     @property
     def n_features(self) -> int:

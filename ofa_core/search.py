@@ -202,9 +202,9 @@ class _Space:
         self.es = np.asarray(spec.expand_list, dtype=np.int32)
         self.ds = np.asarray(spec.depth_list, dtype=np.int32)
         self.rs = np.asarray(sorted(resolutions if resolutions is not None else spec.resolutions), dtype=np.int32)
-        bad = [int(r) for r in self.rs if r not in spec.resolutions]
-        if bad:
-            raise ValueError(f"resolutions {bad} are not supported by {spec.name}")
+        bad = [int(r) for r in self.rs if not spec.accepts_resolution(int(r))]
+        if bad or not len(self.rs):
+            raise ValueError(f"resolutions {bad} are not input sizes {spec.name} runs" if bad else "no resolutions")
         self._op_tables()
 
     def sample(self, n: int, rng: np.random.Generator, skew: bool = False) -> np.ndarray:
@@ -386,9 +386,9 @@ class _Problem:
                 self._lut[k * self._emul + e] = ki * len(es) + ei
         self._stage_cols = 2 * B + np.repeat(np.arange(S), spec.max_depth)
         self._pos = np.tile(np.arange(spec.max_depth), S)
-        self._rcode = np.zeros(max(spec.resolutions) + 1, dtype=np.uint8)
-        self._rcode[np.asarray(spec.resolutions)] = np.arange(len(spec.resolutions))
-        res = list(resolutions) if resolutions is not None else list(spec.resolutions)
+        res = sorted(int(r) for r in (resolutions if resolutions is not None else spec.resolutions))
+        self._rcode = np.zeros(max(res) + 1, dtype=np.uint8)                # the searched sizes only
+        self._rcode[np.asarray(res)] = np.arange(len(res))
         t = efficiency.latency_table
         self._lat = None
         if (t is not None and hasattr(t, "_flat") and list(t.spec.ks_list) == ks and list(t.spec.expand_list) == es

@@ -51,7 +51,8 @@ class SupernetSpec:
     ks_list: tuple[int, ...] = (3, 5, 7)
     expand_list: tuple[int, ...] = (3, 4, 6)
     depth_list: tuple[int, ...] = (2, 3, 4)
-    resolutions: tuple[int, ...] = tuple(range(128, 225, 4))
+    resolutions: tuple[int, ...] = tuple(range(128, 225, 4))   # the grid trained on and searched by default
+    input_range: tuple[int, int] = (32, 512)   # every input size a sub-network accepts (inclusive; bounded)
     dropout: float = 0.1
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5
@@ -111,6 +112,17 @@ class SupernetSpec:
         sizes.append(f)
         return sizes
 
+    def accepts_resolution(self, r: Any) -> bool:
+        """Whether a sub-network runs at input size r: any integer in `input_range`, not only the trained grid
+        (the published specialized w1.2 nets use r = 220, 236, 260)."""
+        return (not isinstance(r, bool) and isinstance(r, (int, np.integer))
+                and self.input_range[0] <= int(r) <= self.input_range[1])
+
+    def resolution_error(self, r: Any) -> str:
+        lo, hi = self.input_range
+        return (f"{r} is not an input size {self.name} runs: any integer from {lo} to {hi} "
+                f"(trained on {list(self.resolutions)})")
+
     @property
     def enc_width(self) -> int:
         return 2 * self.n_blocks + self.n_stages + 1
@@ -125,6 +137,7 @@ class SupernetSpec:
         return {"name": self.name, "version": self.version, "width_mult": self.width_mult,
                 "n_classes": self.n_classes, "ks_list": list(self.ks_list), "expand_list": list(self.expand_list),
                 "depth_list": list(self.depth_list), "resolutions": list(self.resolutions),
+                "input_range": list(self.input_range),
                 "n_blocks": self.n_blocks, "n_stages": self.n_stages, "description": self.description}
 
     # -- configs ------------------------------------------------------------------------------------
@@ -214,11 +227,16 @@ def validate_encoded(spec: SupernetSpec, enc: np.ndarray) -> np.ndarray:
     B, S = spec.n_blocks, spec.n_stages
     for fld, sl, allowed in (("ks", slice(0, B), spec.ks_list), ("e", slice(B, 2 * B), spec.expand_list),
                              ("d", slice(2 * B, 2 * B + S), spec.depth_list),
-                             ("r", slice(2 * B + S, 2 * B + S + 1), spec.resolutions)):
-        bad = ~np.isin(enc[:, sl], allowed)
+                             ("r", slice(2 * B + S, 2 * B + S + 1), None)):
+        if allowed is None:
+            lo, hi = spec.input_range
+            bad = (enc[:, sl] < lo) | (enc[:, sl] > hi)
+        else:
+            bad = ~np.isin(enc[:, sl], allowed)
         if bad.any():
             row, col = np.argwhere(bad)[0]
-            raise ConfigError(fld, f"row {row} index {col} has {enc[row, sl][col]}, allowed {list(allowed)}")
+            what = f"allowed {list(allowed)}" if allowed is not None else f"allowed {spec.input_range[0]}..{spec.input_range[1]}"
+            raise ConfigError(fld, f"row {row} index {col} has {enc[row, sl][col]}, {what}")
     return enc.astype(np.int32, copy=False)
 
 
@@ -248,8 +266,8 @@ class SubnetConfig:
                     raise ConfigError(f"{fld}[{i}]", f"{v} is not allowed; allowed values are {list(allowed)}")
         if isinstance(r, bool) or not isinstance(r, (int, np.integer)):
             raise ConfigError("r", f"must be an integer, got {r!r}")
-        if int(r) not in spec.resolutions:
-            raise ConfigError("r", f"{r} is not a supported resolution of {spec.name}; allowed {list(spec.resolutions)}")
+        if not spec.accepts_resolution(r):
+            raise ConfigError("r", spec.resolution_error(r))
         cfg = cls(ks, e, d, int(r), spec)
         if canonical:
             cfg = cls.from_encoded(spec, canonicalize_encoded(spec, cfg.encode()[None])[0], _validated=True)
@@ -352,7 +370,8 @@ register(SupernetSpec(
     description="Published OFA MobileNetV3 space, ImageNet, width 1.2 (the Note10 tables and published predictor)"))
 register(SupernetSpec(
     name="ofa_mbv3_cifar10", n_classes=10,
-    width_mult=0.5, stem_stride=2, stage_strides=(1, 2, 2, 1, 1), resolutions=(24, 28, 32), dropout=0.1,
+    width_mult=0.5, stem_stride=2, stage_strides=(1, 2, 2, 1, 1), resolutions=(24, 28, 32), input_range=(8, 128),
+    dropout=0.1,
     weights_path=os.path.join(_ASSETS, "ofa_mbv3_cifar10.safetensors"), weights_env="OFA_CIFAR10_WEIGHTS",
     predictor_path=os.path.join(_ASSETS, "ofa_mbv3_cifar10_predictor.safetensors"),
     description="The project's default: OFA MobileNetV3 space for 32x32 CIFAR-10, trained by progressive shrinking"))

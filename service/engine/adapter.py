@@ -22,6 +22,7 @@ from ofa_core.mbv3 import build_supernet
 from ofa_core.predictor import AccuracyPredictor
 from ofa_core.search import METRICS, Constraints, Efficiency, SearchResult, evolutionary_search, pareto_search
 from ofa_core.spec import SubnetConfig, SupernetSpec
+from service.errors import ValidationFailed
 from .calibration import ServedBN, uncalibrated_metadata
 from .tables import Table, latency_table
 
@@ -143,14 +144,27 @@ class SupernetEngine:
         found); None while the worker has not stored it yet."""
         return self._fronts.get(table_id, lambda: getattr(load(), "points", None), keep=lambda p: p is not None)
 
+    def search_resolutions(self, eff: Efficiency) -> tuple[int, ...]:
+        """The resolutions a search of this table uses: those the device's table has entries for and the
+        predictor's encoding has a slot for (a table may price sizes the predictor was never trained on)."""
+        res = tuple(eff.latency_table.resolutions)
+        if self.predictor is None:
+            return res
+        ok = self.predictor.encodable(res)
+        if not ok:
+            raise ValidationFailed("device", f"the device's latency table has resolutions {list(res)}, none of "
+                                   f"which the accuracy predictor of {self.spec.name} encodes")
+        return ok
+
     def minima(self, eff: Efficiency) -> dict[str, float]:
-        """Smallest achievable value of every metric over the table's resolutions."""
-        return {m: eff.minimum(m, eff.latency_table.resolutions)[0] for m in METRICS}
+        """Smallest achievable value of every metric over the searched resolutions."""
+        res = self.search_resolutions(eff)
+        return {m: eff.minimum(m, res)[0] for m in METRICS}
 
     def maxima(self, eff: Efficiency) -> dict[str, float]:
         """Every metric of the largest sub-network, the largest over the table's resolutions (the top of the range
         that relative budgets such as `fraction_of_range` refer to)."""
-        res = eff.latency_table.resolutions
+        res = self.search_resolutions(eff)
         m = eff.evaluate(np.stack([self.spec.max_config(r).encode() for r in res]))
         return {k: float(np.max(m[k])) for k in METRICS}
 
@@ -168,15 +182,15 @@ class SupernetEngine:
         report = None if progress is None else (lambda gen, acc, lat: progress(gen + 1, generations, acc))
         return evolutionary_search(self.spec, self.predictor, eff, Constraints(**constraints, min_accuracy=accuracy_floor),
                                    population_size=population, generations=generations,
-                                   resolutions=eff.latency_table.resolutions, seed=seed, progress=report,
+                                   resolutions=self.search_resolutions(eff), seed=seed, progress=report,
                                    should_stop=should_cancel, polish_steps=min(20, generations))
 
     def pareto(self, eff: Efficiency, n_points: int, population: int, generations: int, seed: int = 0,
                should_cancel=None) -> list[dict[str, Any]]:
         """The accuracy/latency front of a table (sorted by latency), stored as points with every metric."""
-        if self.predictor is None:
+        if self.predictor is None or not self.predictor.encodable(eff.latency_table.resolutions):
             return []
-        res = eff.latency_table.resolutions
+        res = self.search_resolutions(eff)
         lo = eff.minimum("latency_ms", res)[0]
         hi = float(eff.evaluate(np.stack([self.spec.max_config(r).encode() for r in res]), ["latency_ms"])
                    ["latency_ms"].max())

@@ -157,10 +157,9 @@ def parse_upload(spec: SupernetSpec, docs: list[tuple[bytes, str | None, str | N
             if not isinstance(entries, Mapping) or not entries:
                 raise TableError(f"resolution {r}: expected a mapping of operator key -> entry", key=f"resolutions.{r}")
             merged.setdefault(r, {}).update(entries)
-    bad = [r for r in merged if r not in spec.resolutions]
+    bad = [r for r in merged if not spec.accepts_resolution(r)]
     if bad:
-        raise TableError(f"resolution {bad[0]} is not a resolution of {spec.name} ({list(spec.resolutions)})",
-                         key=f"resolutions.{bad[0]}")
+        raise TableError(f"resolution {bad[0]}: {spec.resolution_error(bad[0])}", key=f"resolutions.{bad[0]}")
     return latency_table(spec, merged).tables
 
 

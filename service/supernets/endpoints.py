@@ -9,7 +9,8 @@ router = APIRouter(prefix="/supernets", tags=["supernets"])
 SUPERNET = {"name": "ofa_mbv3_cifar10", "version": "1-3f2a9c0d1e4b", "default": True, "has_weights": True,
             "search_ready": True, "weights_file": "ofa_core/assets/ofa_mbv3_cifar10.safetensors",
             "predictor_file": "ofa_core/assets/ofa_mbv3_cifar10_predictor.safetensors", "weights_env": None,
-            "load_error": None, "spec": {"name": "ofa_mbv3_cifar10", "resolutions": [24, 28, 32]}}
+            "load_error": None, "spec": {"name": "ofa_mbv3_cifar10", "resolutions": [24, 28, 32],
+                                                   "input_range": [8, 128]}}
 
 
 @router.get("", summary="List supernets", responses={200: example({"items": [SUPERNET], "default": "ofa_mbv3_cifar10"})})

@@ -175,3 +175,19 @@ def test_extract_is_independent_copy_and_bad_inputs():
         extract_state_dict(supernet(W10), cfg)   # cifar config on a w1.0 supernet
     with pytest.raises(ValueError):
         StaticMobileNetV3.from_net_config({**net_config(spec, cfg), "name": "ResNet"})
+
+
+def test_off_grid_resolutions_extract_and_run():
+    """w1.2's published specialized sizes (r = 236, 260) and a CIFAR size off its 24/28/32 grid extract and run
+    like the supernet, and the net.config / run.config record the size."""
+    torch.manual_seed(0)
+    for name, r in ((W12, 236), (W12, 260), (CIFAR, 40)):
+        spec = get_spec(name)
+        cfg = SubnetConfig.create(spec, [3] * spec.n_blocks, [3] * spec.n_blocks, [2] * spec.n_stages, r)
+        net = supernet(name)
+        static = extract(net, cfg).eval()
+        x = torch.randn(1, 3, r, r)
+        with torch.no_grad():
+            net.eval().set_active(cfg)
+            torch.testing.assert_close(static(x), net(x), rtol=1e-4, atol=1e-4)
+        assert run_config(cfg)["image_size"] == r

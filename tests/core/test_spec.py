@@ -33,10 +33,12 @@ def test_validation_names_field_and_allowed_values():
         SubnetConfig.from_dict(W10, {**good, "ks": good["ks"][:-1]})
     with pytest.raises(ConfigError, match=r"e\[3\]: 5 is not allowed; allowed values are \[3, 4, 6\]"):
         SubnetConfig.from_dict(W10, {**good, "e": good["e"][:3] + [5] + good["e"][4:]})
-    with pytest.raises(ConfigError, match=r"r: 226 is not a supported resolution"):
-        SubnetConfig.from_dict(W10, {**good, "r": 226})
-    with pytest.raises(ConfigError, match=r"r: 192 is not a supported resolution .*\[24, 28, 32\]"):
+    with pytest.raises(ConfigError, match=r"r: 600 is not an input size .* any integer from 32 to 512"):
+        SubnetConfig.from_dict(W10, {**good, "r": 600})
+    with pytest.raises(ConfigError, match=r"r: 192 is not an input size .*8 to 128 \(trained on \[24, 28, 32\]\)"):
         SubnetConfig.from_dict(get_spec("ofa_mbv3_cifar10"), {**good, "r": 192})
+    with pytest.raises(ConfigError, match=r"r: must be an integer"):
+        SubnetConfig.from_dict(W10, {**good, "r": 224.5})
     with pytest.raises(ConfigError, match=r"^d: missing"):
         SubnetConfig.from_dict(W10, {k: v for k, v in good.items() if k != "d"})
     with pytest.raises(ConfigError, match=r"colour: unknown field"):
@@ -114,3 +116,25 @@ def test_stratified_sample_covers_the_size_range_evenly():
         assert spread(strat, lo, hi) > 1.8 * spread(uni, lo, hi)
     depth = lambda e: np.subtract(*np.percentile(e[:, 2 * B:2 * B + spec.n_stages].sum(1), [95, 5]))  # noqa: E731
     assert depth(strat) > depth(uni)
+
+
+def test_published_specialized_resolutions_are_accepted_everywhere():
+    """The published w1.2 specialized nets run at r = 220, 236 and 260 (off the 160..224 grid): configs, encoded
+    batches and costs accept them; the cost model prices them exactly like the per-config reference."""
+    from ofa_core.costs import CostModel, config_costs
+    w12 = get_spec("ofa_mbv3_d234_e346_k357_w1.2")
+    rng = np.random.default_rng(0)
+    cfgs = [SubnetConfig.from_encoded(w12, e) for e in w12.sample_encoded(6, rng)]
+    cfgs = [SubnetConfig.create(w12, c.ks, c.e, c.d, r) for c, r in zip(cfgs, (220, 236, 260, 224, 160, 236))]
+    assert [c.r for c in cfgs] == [220, 236, 260, 224, 160, 236]
+    assert SubnetConfig.from_dict(w12, cfgs[2].to_dict()) == cfgs[2]
+    enc = np.stack([c.encode() for c in cfgs])
+    validate_encoded(w12, enc)
+    got = CostModel(w12).all(enc)
+    for i, c in enumerate(cfgs):
+        ref = config_costs(w12, c)
+        assert (got["macs"][i], got["params"][i], got["peak_memory"][i]) == (ref["macs"], ref["params"],
+                                                                            ref["peak_memory"])
+    assert got["macs"][1] > got["macs"][0]            # 236 costs more than 220 for the same blocks
+    with pytest.raises(ConfigError, match=r"row 0 index 0 has 513, allowed 32..512"):
+        validate_encoded(w12, np.concatenate([enc[:1, :-1], [[513]]], axis=1))

@@ -188,3 +188,29 @@ def test_all_mutants_or_all_crossovers(setup):
         r = evolutionary_search(spec, pred, eff, {"latency_ms": 25}, generations=12, population_size=10,
                                 mutation_ratio=ratio, seed=1)
         assert r.latency_ms <= 25 and r.generations == 12
+
+
+def test_search_uses_the_table_resolutions_the_predictor_encodes(note10, published_predictor):
+    """A table may price input sizes off the supernet's grid (r = 236, 260 as the published specialized nets
+    use): the published predictor encodes 236 (its 224..239 slot) but not 260, so a search over the table's
+    encodable sizes can pick 236 and never 260, priced by that resolution's entries."""
+    from ofa_core.latency import LatencyTable, required_operator_keys
+    spec = note10.spec
+    tables = {r: dict(t) for r, t in note10.tables.items()}
+    for r in (236, 260):
+        tables[r] = {k: {"count": 1, "mean": 0.2 * (1 + sum(map(ord, k)) % 7) * r / 224}
+                     for k in required_operator_keys(spec, r)}
+    table = LatencyTable(spec, tables)
+    res = published_predictor.encodable(table.resolutions)
+    assert res == (160, 176, 192, 208, 224, 236)
+    eff = Efficiency(spec, latency_ms=table)
+    a = evolutionary_search(spec, published_predictor, eff, {"latency_ms": 1e4}, population_size=20,
+                            generations=3, seed=0, resolutions=(236,))
+    assert a.config.r == 236
+    assert a.latency_ms == pytest.approx(float(table.predict(a.enc[None])[0]))
+    same_at_224 = a.enc.copy()
+    same_at_224[-1] = 224
+    assert a.predicted_acc == pytest.approx(float(published_predictor.predict(same_at_224[None])[0]), abs=1e-6)
+    b = evolutionary_search(spec, published_predictor, eff, {"latency_ms": 30}, population_size=40,
+                            generations=10, seed=1, resolutions=res)
+    assert b.config.r in res and b.latency_ms <= 30

@@ -109,11 +109,12 @@ def test_table_uploads_through_ofa_core(sqlite_env):
     path = os.path.join(SHARED, "note10", "160_lookup_table.yaml")
     r = env.client.post("/devices?name=bad&supernet=ofa_mbv3_d234_e346_k357_w1.2", content=path, headers=h)
     assert r.status_code == 422 and "expanded_conv" not in r.text
-    # a resolution the supernet does not have names it
+    # an input size the supernet cannot run names it
     t = synthetic_table()
-    t["resolutions"]["64"] = t["resolutions"]["32"]
+    t["resolutions"]["200"] = t["resolutions"]["32"]
     r = env.client.post("/devices?name=bad", content=json.dumps(t), headers={**env.h, "content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["error"]["key"] == "resolutions.64"
+    assert r.status_code == 422 and r.json()["error"]["key"] == "resolutions.200", r.text
+    assert "any integer from 8 to 128" in r.json()["error"]["message"]
     # ofa_core's own JSON format (LatencyTable.to_json) imports as the same table
     from ofa_core.latency import LatencyTable
     core = LatencyTable(SPEC, {int(r_): t_ for r_, t_ in synthetic_table()["resolutions"].items()}).to_json()
@@ -134,3 +135,21 @@ def test_openapi_documents_every_endpoint(sqlite_env):
     assert timings["example"]["timings"][0]["latency_ms"] > 0
     err = spec["paths"]["/specialize"]["post"]["responses"]["422"]["content"]["application/json"]["example"]
     assert err["error"]["code"] == "infeasible_constraints"
+
+
+def test_tables_may_price_input_sizes_off_the_grid(sqlite_env):
+    """A device table may have entries for any input size the supernet runs; the search uses those the
+    predictor encodes, and a table with none of them is a clear 422 naming the device."""
+    from ofa_core.latency import required_operator_keys
+    from ofa_core.spec import get_spec
+    env = sqlite_env
+    t = synthetic_table()
+    t["resolutions"]["36"] = {k: {"count": 10, "mean": 0.001, "std": 0.0}
+                              for k in required_operator_keys(get_spec(SPEC), 36)}
+    env.add_device("wide", t)
+    body = {"device": "wide", "constraints": {"latency_ms": 1e5}, "options": dict(SEARCH), "use_pareto": False}
+    assert run(env, env.client.post("/specialize", json=body))["config"]["r"] in (24, 28, 32)
+    env.add_device("only36", {"resolutions": {"36": t["resolutions"]["36"]}})
+    r = env.client.post("/specialize", json={**body, "device": "only36"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "device" and "none of which the accuracy predictor" in r.text
