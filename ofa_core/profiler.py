@@ -396,6 +396,24 @@ def _forward_ms(net: nn.Module, x: torch.Tensor) -> np.ndarray:
     return np.asarray([(time.perf_counter() - t0) * 1e3])
 
 
+def time_subnets(supernet: nn.Module, configs: Sequence[SubnetConfig], *, repeats: int = 40, warmup: int = 3,
+                 threads: int | None = 1, statistic: str = "min", on_round: Callable[[int], None] | None = None,
+                 seed: int | None = None) -> np.ndarray:
+    """End-to-end batch-1 latency (ms) of each config's extracted network, with `check_table`'s protocol: every
+    network runs once per round, `repeats` rounds (a slow spell of a shared host hits them all alike), after
+    `warmup` runs each; a network's latency is `statistic` of its runs (default the fastest, as a network-mode
+    table's entries). `seed` fixes the random inputs (timing does not depend on the values)."""
+    if statistic not in _STATS:
+        raise ValueError(f"statistic must be one of {sorted(_STATS)}")
+    nets = [subnet_module(supernet, c) for c in configs]
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    inputs = [torch.randn(1, 3, int(c.r), int(c.r), generator=gen) for c in configs]
+    keep = lambda t, prev: t if prev is None else np.concatenate([prev, t])  # noqa: E731
+    with _Threads(threads):
+        runs = _interleaved(nets, inputs, _forward_ms, repeats, warmup, keep, [None] * len(nets), on_round)
+    return np.asarray([_STATS[statistic](t) for t in runs], dtype=np.float64)
+
+
 def check_table(supernet: nn.Module, table: LatencyTable, n: int = 50, *, rng: np.random.Generator | int = 0,
                 repeats: int = 40, warmup: int = 3, threads: int = 1, tolerance: float = 0.10,
                 statistic: str | None = None, progress: bool = False) -> dict[str, Any]:
@@ -412,21 +430,17 @@ def check_table(supernet: nn.Module, table: LatencyTable, n: int = 50, *, rng: n
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     enc = spec.sample_encoded(n, rng, list(table.resolutions))
     pred = table.predict(enc)
-    nets = [subnet_module(supernet, SubnetConfig.from_encoded(spec, e)) for e in enc]
-    inputs = [torch.randn(1, 3, int(e[-1]), int(e[-1])) for e in enc]
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=repeats, desc="end-to-end check", unit="round")
-    keep = lambda t, prev: t if prev is None else np.concatenate([prev, t])
     try:
-        with _Threads(threads):
-            runs = _interleaved(nets, inputs, _forward_ms, repeats, warmup, keep, [None] * n,
-                                (lambda _: bar.update(1)) if bar is not None else None)
+        meas = time_subnets(supernet, [SubnetConfig.from_encoded(spec, e) for e in enc], repeats=repeats,
+                            warmup=warmup, threads=threads, statistic=statistic,
+                            on_round=(lambda _: bar.update(1)) if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
-    meas = np.asarray([_STATS[statistic](t) for t in runs])
     ratio = pred / meas
     return {**agreement(ratio, tolerance), "enc": enc, "predicted": pred, "measured": meas, "ratio": ratio,
             "statistic": statistic}

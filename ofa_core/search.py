@@ -183,6 +183,9 @@ class SearchResult:
     objective: str = "accuracy"
     constraints: dict[str, float] = field(default_factory=dict)
     history: list[float] = field(default_factory=list)   # best fitness after each generation
+    # with top_k > 1: the best top_k distinct feasible sub-networks of the final population, best first (the
+    # first is this result); empty otherwise
+    candidates: list["SearchResult"] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "predicted_acc": self.predicted_acc, "latency_ms": self.latency_ms,
@@ -593,7 +596,7 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
                         oversample: int = 4, max_attempts: int = 25, polish_steps: int = 20,
                         objective: str | None = None, dedup_parents: bool = True, init_pool: int = 1,
                         progress: Callable[[int, float, float], None] | None = None,
-                        should_stop: Any = None, _check: bool = True) -> SearchResult:
+                        should_stop: Any = None, top_k: int = 1, _check: bool = True) -> SearchResult:
     """Maximise predicted accuracy subject to `constraints` (published defaults: population 100, 500 generations,
     parents 25, 50 mutants + 50 uniform crossovers per generation, mutation prob 0.1 per gene, r 0.5).
 
@@ -605,6 +608,9 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
     to disable).
     Raises `InfeasibleError` at once for an impossible request, `SearchCancelled` when `should_stop` (a callable or
     a threading.Event) fires. Deterministic for a given integer seed.
+    With `top_k` > 1, `result.candidates` also lists the best `top_k` distinct (canonical) feasible sub-networks of
+    the final population and the polished best, best first (fewer when the population has fewer); the search
+    itself, and so the result, is the same as with top_k = 1.
     """
     t0 = time.perf_counter()
     cons = Constraints.coerce(constraints)
@@ -798,8 +804,32 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
         if not ok[i] or fit[i] <= best.fit[0] + 1e-12:
             break
         best = _Pop(nb[i:i + 1], _take(metrics, slice(i, i + 1)), acc[i:i + 1], fit[i:i + 1])
-    return _result(spec, predictor, efficiency, best.enc[0], gens_run, time.perf_counter() - t0, objective,
-                   cons.to_dict(), history)
+    out = _result(spec, predictor, efficiency, best.enc[0], gens_run, time.perf_counter() - t0, objective,
+                  cons.to_dict(), history)
+    if top_k > 1:
+        out.candidates = _top_candidates(spec, predictor, efficiency, _Pop.cat([best, pop]), top_k, out)
+    return out
+
+
+def _top_candidates(spec, predictor, efficiency: Efficiency, pool: _Pop, k: int, best: SearchResult
+                    ) -> list[SearchResult]:
+    """The best k distinct feasible rows of `pool` (by fitness, earlier rows first on ties; the first row is
+    `best`), as results: one canonicalisation, one predictor call and one efficiency evaluation for them all."""
+    ok = np.flatnonzero(np.isfinite(pool.fit))
+    order = ok[np.argsort(-pool.fit[ok], kind="stable")]
+    enc = canonicalize_encoded(spec, pool.enc[order])
+    _, first = np.unique(enc, axis=0, return_index=True)
+    enc = enc[np.sort(first)]
+    enc = np.concatenate([best.enc[None], enc[~np.all(enc == best.enc, axis=1)]])[:k]   # distinct, best first
+    acc = predictor.predict(enc)
+    vals = efficiency.evaluate(enc)
+    get = lambda n, i: float(vals[n][i]) if n in vals else None  # noqa: E731
+    rest = [SearchResult(enc=e, config=SubnetConfig.from_encoded(spec, e), predicted_acc=float(acc[i]),
+                         latency_ms=get("latency_ms", i), macs=get("macs", i), params=get("params", i),
+                         peak_memory_bytes=get("peak_memory_bytes", i), generations=best.generations,
+                         wall_time_s=best.wall_time_s, objective=best.objective, constraints=best.constraints)
+            for i, e in enumerate(enc) if i > 0]
+    return [best] + rest
 
 
 def _result(spec, predictor, efficiency: Efficiency, enc_row: np.ndarray, gens: int, wall: float, objective: str,

@@ -177,6 +177,14 @@ class CalibrationPending(ServiceUnavailable):
         self.headers = {"Retry-After": str(retry_after_s)}
 
 
+class VerifyUnavailable(Conflict):
+    code = "verify_unavailable"
+
+    def __init__(self, supernet: str, why: str, setting: str):
+        super().__init__(f"verify: supernet {supernet!r} {why}; set {setting}='{{\"{supernet}\": "
+                         f"\"/path/to/images.npz\"}}' (or send verify: false)", supernet=supernet, setting=setting)
+
+
 class CalibrationFailed(Conflict):
     code = "bn_calibration_failed"
 

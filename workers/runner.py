@@ -63,10 +63,19 @@ def run_search(db, store, settings, job_id: str) -> str:
     eng = store.get(supernet)
     state = {"cancel": False, "last": 0.0}
     with Heartbeat(db, job_id, token, heartbeat_period(settings), state):
+        if req.get("verify"):          # workers/verify.py: measure the best candidates, then answer
+            from workers import verify
+            cands = verify.stored_candidates(db, job_id)    # a redelivery resumes from them, not searching again
+            if cands is not None:
+                return verify.run(db, eng, settings, job_id, token, supernet_id, req, cands, state)
+            return _search(db, eng, settings, job_id, token, supernet, table_id, req, supernet_id, state,
+                           finish=lambda r: verify.run(db, eng, settings, job_id, token, supernet_id, req,
+                                                       verify.candidates_of(r), state))
         return _search(db, eng, settings, job_id, token, supernet, table_id, req, supernet_id, state)
 
 
-def _search(db, eng, settings, job_id, token, supernet, table_id, req, supernet_id, state) -> str:
+def _search(db, eng, settings, job_id, token, supernet, table_id, req, supernet_id, state, finish=None) -> str:
+    """Search, then `_save` the answer (or hand the result to `finish`, e.g. the verify phase)."""
     opts = req["options"]
     eff = eng.efficiency(table_id, lambda: _entries(db, table_id))
     log.info("search started", extra={"job": job_id, "supernet": supernet, "constraints": req["constraints"]})
@@ -84,7 +93,8 @@ def _search(db, eng, settings, job_id, token, supernet, table_id, req, supernet_
     t0 = time.monotonic()
     try:
         r = eng.search(eff, req["constraints"], req.get("accuracy_floor"), opts["population"], opts["generations"],
-                       opts["seed"], progress=progress, should_cancel=lambda: state["cancel"])
+                       opts["seed"], progress=progress, should_cancel=lambda: state["cancel"],
+                       top_k=int(opts.get("verify_top_k") or 1))
     except SearchCancelled:
         with db.session() as s:
             done = job_repo.finish(s, job_id, token, "cancelled",
@@ -106,6 +116,8 @@ def _search(db, eng, settings, job_id, token, supernet, table_id, req, supernet_
         with db.session() as s:
             job_repo.finish(s, job_id, token, "failed", error={"code": "search_error", "message": str(e)[:500]})
         return "failed"
+    if finish is not None:
+        return finish(r)
     return _save(db, job_id, token, supernet, supernet_id, opts, r, t0, eng)
 
 

@@ -61,6 +61,9 @@ LEASE_RETRIES = 20
 
 @celery_app.task(name="ofa.run_search", bind=True, **COMMON)
 def run_search(self, job_id: str) -> None:
+    """A search job (and, with verify, its verify phase: workers/verify.py), under a heartbeated lease; late acks
+    + reject_on_worker_lost redeliver it if the worker dies, and the redelivery resumes a started verify phase
+    from the candidates stored in the job."""
     from workers import runner
     from workers.lease import LeaseHeld
     settings, db, store = context()

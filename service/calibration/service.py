@@ -22,7 +22,7 @@ from ofa_core.bn import bn_stats_to_bytes
 from ofa_core.spec import SubnetConfig
 from service.db.base import utcnow
 from service.engine.calibration import CALIB_SETTING, EVAL_SETTING, ServedBN
-from service.errors import CalibrationFailed, CalibrationPending
+from service.errors import CalibrationFailed, CalibrationPending, VerifyUnavailable
 from service.subnets import repository as subnet_repo
 from service.supernets import repository as supernet_repo
 from . import repository as repo
@@ -71,6 +71,22 @@ def fields(eng, row) -> dict[str, Any]:
         pending.append("measured_accuracy")
     out["pending"] = pending
     return out
+
+
+def check_verifiable(eng) -> None:
+    """A verified answer recalibrates and scores its candidates: VerifyUnavailable (409, naming the setting)
+    unless the supernet has weights and readable calibration and evaluation images."""
+    name = eng.spec.name
+    if not eng.has_weights:
+        raise VerifyUnavailable(name, "has no weights loaded to measure candidates with", "OFA_WEIGHTS")
+    if _broken(eng):
+        raise VerifyUnavailable(name, f"has calibration images that could not be loaded ({_broken(eng)})",
+                                CALIB_SETTING)
+    sets = _sets(eng)
+    if sets is None:
+        raise VerifyUnavailable(name, "has no BN-calibration images configured", CALIB_SETTING)
+    if sets.eval_key is None:
+        raise VerifyUnavailable(name, "has no evaluation images configured to measure accuracy on", EVAL_SETTING)
 
 
 def lookup(s: Session, eng, subnet_id: str):

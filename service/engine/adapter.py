@@ -174,16 +174,17 @@ class SupernetEngine:
     # -- search ----------------------------------------------------------------------------------------
     def search(self, eff: Efficiency, constraints: dict[str, float], accuracy_floor: float | None, population: int,
                generations: int, seed: int, progress: Callable[[int, int, float], None] | None = None,
-               should_cancel: Callable[[], bool] | None = None) -> SearchResult:
+               should_cancel: Callable[[], bool] | None = None, top_k: int = 1) -> SearchResult:
         """The most accurate sub-network within the constraints or, with an accuracy floor, the fastest whose
-        predicted accuracy reaches it (ofa_core's `min_accuracy`). progress(generation, generations, accuracy)."""
+        predicted accuracy reaches it (ofa_core's `min_accuracy`). progress(generation, generations, accuracy).
+        With `top_k` > 1 the result's `candidates` list the best top_k distinct feasible ones (verified answers)."""
         if self.predictor is None:
             raise RuntimeError(f"supernet {self.spec.name} has no accuracy predictor configured")
         report = None if progress is None else (lambda gen, acc, lat: progress(gen + 1, generations, acc))
         return evolutionary_search(self.spec, self.predictor, eff, Constraints(**constraints, min_accuracy=accuracy_floor),
                                    population_size=population, generations=generations,
                                    resolutions=self.search_resolutions(eff), seed=seed, progress=report,
-                                   should_stop=should_cancel, polish_steps=min(20, generations))
+                                   should_stop=should_cancel, polish_steps=min(20, generations), top_k=top_k)
 
     def pareto(self, eff: Efficiency, n_points: int, population: int, generations: int, seed: int = 0,
                should_cancel=None) -> list[dict[str, Any]]:

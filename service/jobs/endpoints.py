@@ -25,7 +25,11 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 @router.post("/specialize", response_model=JobOut, status_code=202, summary="Specialize a sub-network for a device",
              responses={200: {"model": JobOut, "description": "answered at once (cache or Pareto front)"},
                         202: {"model": JobOut, "description": "queued; follow Location"},
-                        **errors(401, 404, 422, 429, 503, e422={
+                        **errors(401, 404, 409, 422, 429, 503, e409={
+                            "code": "verify_unavailable", "supernet": "my_supernet", "setting": "OFA_EVALUATION_DATA",
+                            "message": "verify: supernet 'my_supernet' has no evaluation images configured to "
+                                       "measure accuracy on; set OFA_EVALUATION_DATA='{\"my_supernet\": "
+                                       "\"/path/to/images.npz\"}' (or send verify: false)"}, e422={
                             "code": "infeasible_constraints", "violated": ["accuracy_floor"], "best_accuracy": 0.7628,
                             "message": "no sub-network within the constraints reaches accuracy_floor 0.9; best "
                                        "achievable predicted accuracy: 0.7628",
@@ -36,6 +40,11 @@ def specialize(body: SpecializeRequest, request: Request, s: SessionDep, store: 
     """The most accurate sub-network within the constraints on a device or, with `accuracy_floor`, the fastest one
     whose predicted accuracy reaches the floor. 422 states the smallest achievable value of every metric (or the
     best achievable accuracy for an unreachable floor).
+
+    With `verify: true` the answer is always a worker's (never the Pareto front's): the search's best
+    `options.verify_top_k` candidates are recalibrated, scored and, on the device profiled on this host, timed end
+    to end; the best measured one within the budget is returned with `measured_latency_ms` and `verification`
+    (409 `verify_unavailable` when the supernet has no calibration / evaluation images).
 
     Compute policy (`OFA_SEARCH_AUTH`): by default anonymous callers may search with the default options only
     (401 otherwise); `all` needs a key for every search. At most `OFA_RATE_LIMIT_SEARCHES` requests per
@@ -91,10 +100,23 @@ def _snapshot(db, job_id: str, after_event: int = 0) -> tuple[dict | None, list[
         job = service.repo.get(s, job_id)
         if job is None:
             return None, []
-        events = [{"event_id": e.id, "id": job_id, "status": "running", "generation": e.generation, "generations": e.generations,
-                   "progress": e.generation / max(e.generations, 1), "best_so_far": e.best}
-                  for e in service.repo.events_after(s, job_id, after_event)]
+        events = [_event(job_id, e) for e in service.repo.events_after(s, job_id, after_event)]
         return service.job_out(job).model_dump(mode="json"), events
+
+
+def _event(job_id: str, e) -> dict:
+    """One progress record as an SSE `progress` payload: phase "search" (a generation) or "verify" (verified
+    answers: `candidate` i of `candidates` measured, `step` start / accuracy / latency; `seq` orders them)."""
+    best = e.best if isinstance(e.best, dict) else None
+    out = {"event_id": e.id, "id": job_id, "status": "running", "generation": e.generation,
+           "generations": e.generations, "progress": e.generation / max(e.generations, 1), "best_so_far": e.best,
+           "phase": "search"}
+    if best is not None and best.get("phase") == "verify":
+        k = int(best.get("candidates") or 1)
+        out.update(phase="verify", step=best.get("step"), seq=int(best.get("seq") or 0),
+                   candidate=int(best.get("candidate") or 0), candidates=k,
+                   best_so_far={x: v for x, v in best.items() if x != "list"})
+    return out
 
 
 def _sse(event: str, data: dict) -> bytes:
@@ -108,7 +130,8 @@ def _sse(event: str, data: dict) -> bytes:
     **errors(404)})
 async def job_events(job_id: str, request: Request, settings: SettingsDep):
     """Server-sent events: `state` (current state first), then `progress` for every generation the worker
-    recorded (at most one per 50 ms, the first and the last always), then `result` (or `failed` /
+    recorded (at most one per 50 ms, the first and the last always; `phase` "search"), for a verified answer
+    then one per verify step (`phase` "verify", `candidate` i of `candidates`), then `result` (or `failed` /
     `cancelled`) and the stream ends. Progress records live in the database (`job_events`), so a slow or late
     client still gets all of them in order, on the embedded default as with PostgreSQL + Redis."""
     db = request.app.state.db
@@ -119,12 +142,13 @@ async def job_events(job_id: str, request: Request, settings: SettingsDep):
     async def stream():
         snap, events = first
         yield _sse("state", snap)
-        last_event, last_gen, idle = 0, -1, 0.0
+        last_event, last_gen, idle = 0, (-1, -1), 0.0
         while True:
-            for ev in events:                      # every recorded generation, in order
+            for ev in events:                      # every recorded generation (then verify step), in order
                 last_event = ev.pop("event_id")
-                if ev["generation"] > last_gen:
-                    last_gen = ev["generation"]
+                key = (ev["generation"], ev.get("seq", -1) if ev["phase"] == "verify" else -1)
+                if key > last_gen:
+                    last_gen = key
                     yield _sse("progress", ev)
                     idle = 0.0
             if snap["status"] in TERMINAL:

@@ -97,11 +97,17 @@ class Constraints(BaseModel):
         return out
 
 
+DEFAULT_VERIFY_TOP_K, MAX_VERIFY_TOP_K = 5, 20
+
+
 class SearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     population: int | None = Field(None, ge=4, le=1000, strict=True)
     generations: int | None = Field(None, ge=1, le=2000, strict=True)
     seed: int | None = Field(None, ge=0, le=2**31 - 1, strict=True)
+    verify_top_k: int | None = Field(None, ge=1, le=MAX_VERIFY_TOP_K, strict=True, description=(
+        f"with verify: how many of the search's best distinct candidates are measured (default "
+        f"{DEFAULT_VERIFY_TOP_K})"))
 
 
 class SpecializeRequest(BaseModel):
@@ -109,7 +115,9 @@ class SpecializeRequest(BaseModel):
         {"device": "host-cpu", "constraints": {"latency_ms": {"times_min": 1.5}}, "options": {"seed": 0}},
         {"device": "host-cpu", "constraints": {"latency_ms": {"fraction_of_range": 0.5}, "macs": {"times_min": 3}},
          "accuracy_floor": 0.3, "options": {"population": 100, "generations": 100, "seed": 0}},
-        {"supernet": "ofa_mbv3_d234_e346_k357_w1.2", "device": "note10", "constraints": {"latency_ms": 25}}]})
+        {"supernet": "ofa_mbv3_d234_e346_k357_w1.2", "device": "note10", "constraints": {"latency_ms": 25}},
+        {"device": "host-cpu", "constraints": {"latency_ms": {"fraction_of_range": 0.3}}, "verify": True,
+         "options": {"verify_top_k": 5, "seed": 0}}]})
     supernet: str | None = Field(None, pattern=NAME_PATTERN,
                                  description="registered supernet; default: the device's supernet")
     device: str = Field(min_length=1, max_length=128, pattern=NAME_PATTERN)
@@ -122,6 +130,16 @@ class SpecializeRequest(BaseModel):
                                    "this batch size (latency budgets are then per batch); default: the current "
                                    "table's")
     use_pareto: bool = Field(True, description="allow an answer from the device's stored Pareto front")
+    verify: bool = Field(False, description=(
+        "verified answer (always computed by a worker, never from the Pareto front): the search's best "
+        "`options.verify_top_k` distinct candidates (default 5) are BN-recalibrated and scored on the supernet's "
+        "evaluation images and, on a device profiled on this host (kind `profiled`), timed end to end with the "
+        "profiler's protocol; the answer is the best measured accuracy among those meeting every constraint "
+        "(latency as measured; on other devices as the table predicts, said in `verification.latency`). The "
+        "result adds `measured_latency_ms` and `verification` (every candidate and why the answer was chosen). "
+        "When no candidate meets the latency budget as measured, the job fails with code "
+        "`verified_budget_not_met`, naming each candidate's measured latency. Needs calibration and evaluation "
+        "images (409 `verify_unavailable` otherwise, naming OFA_CALIBRATION_DATA / OFA_EVALUATION_DATA)"))
 
 
 class SubnetResult(BaseModel):
@@ -140,6 +158,11 @@ class SubnetResult(BaseModel):
                                        "calibration images (false: the supernet's, see bn_calibration.setting)")
     bn_calibration: dict[str, Any] | None = None
     pending: list[str] = Field(default_factory=list, description="fields a worker is still computing")
+    measured_latency_ms: float | None = Field(None, description="verified answers: end-to-end latency measured "
+                                              "on this host (null where the device is not this host)")
+    verification: dict[str, Any] | None = Field(None, description="verified answers: every candidate (subnet_id, "
+                                                "predicted/measured accuracy and latency, met_budget), the one "
+                                                "chosen and why")
     links: dict[str, str] = Field(default_factory=dict)
 
 

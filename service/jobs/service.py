@@ -24,7 +24,7 @@ from service.subnets import repository as subnet_repo
 from service.supernets.store import SupernetStore
 from . import queue as Q
 from . import repository as repo
-from .schemas import JobOut, SpecializeRequest, SubnetResult
+from .schemas import DEFAULT_VERIFY_TOP_K, JobOut, SpecializeRequest, SubnetResult
 
 log = logging.getLogger("ofa.jobs")
 
@@ -131,6 +131,8 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
     """Returns (job, answered_now). answered_now: the result is in the job (cache or Pareto front)."""
     if not body.constraints.as_dict():
         raise ValidationFailed("constraints", "give at least one of latency_ms, macs, params, peak_memory_bytes")
+    if body.options.verify_top_k is not None and not body.verify:
+        raise ValidationFailed("options.verify_top_k", "verify_top_k applies to verified answers: send verify: true")
     found = device_repo.with_current_table(s, body.device)
     if found is None:
         raise DeviceNotFound(body.device)
@@ -157,8 +159,13 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
     options = {"population": body.options.population or settings.default_population,
                "generations": body.options.generations or settings.default_generations,
                "seed": body.options.seed if body.options.seed is not None else 0}
+    if body.verify:    # measured by a worker: needs the supernet's calibration and evaluation images
+        calibration.check_verifiable(eng)
+        options["verify_top_k"] = body.options.verify_top_k or DEFAULT_VERIFY_TOP_K
     request = {"supernet": supernet, "device": device.name, "constraints": constraints,
                "accuracy_floor": body.accuracy_floor, "options": options, "batch_size": int(table.batch_size)}
+    if body.verify:
+        request["verify"] = True
     if body.constraints.relative():
         request["relative_constraints"] = body.constraints.relative()
     h = request_hash({**request, "supernet_version": eng.version, "table_id": table.id,
@@ -170,7 +177,7 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
     job = Job(id=uuid.uuid4().hex, owner_key_id=owner_key_id, supernet_id=sn_row.id, supernet_version=eng.version, device_id=device.id,
               table_id=table.id, request_hash=h, request=request, status="queued", source="search")
     points = eng.front_points(table.id, lambda: device_repo.front_for(s, sn_row.id, table.id)) \
-        if body.use_pareto else None
+        if body.use_pareto and not body.verify else None
     point = front_answer(points, constraints, body.accuracy_floor) if points else None
     calib_publish = False
     if point is not None:
