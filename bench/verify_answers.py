@@ -41,9 +41,11 @@ def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
     return float(kendalltau(a, b).statistic)
 
 
-def profile(spec, supernet, repeats: int) -> tuple:
+def profile(spec, supernet, repeats: int, check: int) -> tuple:
+    """The host table; with `check`, that many random sub-networks timed in the same rounds (the table's own
+    agreement, without the drift of the host between the profile and the answers' timing)."""
     t0 = time.perf_counter()
-    lt = profile_table(spec, repeats=repeats, threads=1, supernet=supernet, progress=False)
+    lt = profile_table(spec, repeats=repeats, threads=1, supernet=supernet, progress=False, check=check)
     return lt, time.perf_counter() - t0
 
 
@@ -61,10 +63,11 @@ def measure_all(sets: ImageSets, eng: SupernetEngine, answers: list) -> np.ndarr
 def report(budgets, answers, acc_meas, lat_meas, n_eval: int) -> None:
     acc_pred = np.asarray([r.predicted_acc for r in answers])
     lat_pred = np.asarray([r.latency_ms for r in answers])
-    print(f"\n{'#':>3} {'budget ms':>9} {'pred ms':>8} {'meas ms':>8} {'ratio':>6} {'pred acc':>8} {'meas acc':>8}  subnet")
+    print(f"\n{'#':>3} {'budget ms':>9} {'pred ms':>8} {'meas ms':>8} {'ratio':>6} {'pred acc':>8} {'meas acc':>8} "
+          f"{'r':>3}  subnet")
     for i, r in enumerate(answers):
         print(f"{i:>3} {budgets[i]:9.3f} {lat_pred[i]:8.3f} {lat_meas[i]:8.3f} {lat_pred[i] / lat_meas[i]:6.3f} "
-              f"{acc_pred[i]:8.4f} {acc_meas[i]:8.4f}  {r.config.content_id()}")
+              f"{acc_pred[i]:8.4f} {acc_meas[i]:8.4f} {r.config.r:>3}  {r.config.content_id()}")
     err = (acc_pred - acc_meas) * 100
     lat = agreement(lat_pred / lat_meas, 0.10)
     distinct = len({r.config.content_id() for r in answers})
@@ -76,6 +79,10 @@ def report(budgets, answers, acc_meas, lat_meas, n_eval: int) -> None:
           f"(median |rel. error| {lat['median_abs_rel_err'] * 100:.1f}%, median pred/meas {lat['median_ratio']:.3f}, "
           f"range {lat['min_ratio']:.3f}..{lat['max_ratio']:.3f}); answers over their budget when measured: "
           f"{int(np.sum(lat_meas > budgets))} of {len(answers)}")
+    res = np.asarray([r.config.r for r in answers])
+    print("median pred/meas latency by resolution: " + ", ".join(
+        f"r {v}: {np.median(lat_pred[res == v] / lat_meas[res == v]):.3f} (n {int(np.sum(res == v))})"
+        for v in sorted(set(res.tolist()))))
 
 
 def main() -> int:
@@ -83,6 +90,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=50, help="searched answers (budgets)")
     ap.add_argument("--repeats", type=int, default=20, help="profiling rounds of the host table")
     ap.add_argument("--timing-rounds", type=int, default=40, help="end-to-end timing rounds of the answers")
+    ap.add_argument("--check", type=int, default=10, help="random sub-networks timed within the profile's rounds")
     ap.add_argument("--population", type=int, default=None, help="default: the service's")
     ap.add_argument("--generations", type=int, default=None, help="default: the service's")
     args = ap.parse_args()
@@ -95,7 +103,7 @@ def main() -> int:
     assert eng.has_weights and eng.search_ready, "the default supernet's weights and predictor are packaged"
     packaged = packaged_sets(SUPERNET)
     sets = ImageSets(spec, packaged["calibration"], packaged["evaluation"], BNRecipe())
-    lt, t_prof = profile(spec, eng.supernet, args.repeats)
+    lt, t_prof = profile(spec, eng.supernet, args.repeats, args.check)
     eff = eng.efficiency(-1, lambda: lt.tables)
     lo, hi = eng.minima(eff)["latency_ms"], eng.maxima(eff)["latency_ms"]
     budgets = np.linspace(lo, hi, args.n + 1)[1:]          # evenly across (min, max]
@@ -103,6 +111,10 @@ def main() -> int:
           f"{lo:.3f}..{hi:.3f} ms; {args.n} budgets {budgets[0]:.3f}..{budgets[-1]:.3f} ms; "
           f"search population {pop}, generations {gens}; weights {os.path.basename(eng.weights_path)}, "
           f"predictor {os.path.basename(eng.predictor_path)}")
+    chk = lt.environment.get("check")
+    if chk:
+        print(f"the table vs {chk['n']} random sub-networks timed within the profile's rounds: "
+              f"{chk['share_within'] * 100:.0f}% within +-10% (median pred/meas {chk['median_ratio']:.3f})")
     t0 = time.perf_counter()
     answers = search_all(eng, eff, budgets, pop, gens)
     t_search = time.perf_counter() - t0
