@@ -81,7 +81,6 @@ def main() -> int:
            "OFA_PREDICTORS": json.dumps({"ofa_mbv3_cifar10": predictor}),
            "OFA_SUPERNETS": json.dumps(["ofa_mbv3_cifar10"]), "OFA_LOG_LEVEL": "WARNING",
            "OFA_DEFAULT_POPULATION": str(args.population), "OFA_DEFAULT_GENERATIONS": str(args.generations),
-           "OFA_PARETO_POINTS": "40", "OFA_PARETO_POPULATION": "64", "OFA_PARETO_GENERATIONS": "60",
            # throughput, not the compute policy: no per-client rate limit, anonymous searches allowed
            "OFA_RATE_LIMIT_SEARCHES": "0", "OFA_SEARCH_AUTH": "none"}
     procs = []

@@ -595,7 +595,7 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
                         resolutions: Sequence[int] | None = None, seed: int | np.random.Generator = 0,
                         oversample: int = 4, max_attempts: int = 25, polish_steps: int = 20,
                         objective: str | None = None, dedup_parents: bool = True, init_pool: int = 1,
-                        progress: Callable[[int, float, float], None] | None = None,
+                        init: np.ndarray | None = None, progress: Callable[[int, float, float], None] | None = None,
                         should_stop: Any = None, top_k: int = 1, _check: bool = True) -> SearchResult:
     """Maximise predicted accuracy subject to `constraints` (published defaults: population 100, 500 generations,
     parents 25, 50 mutants + 50 uniform crossovers per generation, mutation prob 0.1 per gene, r 0.5).
@@ -603,7 +603,8 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
     With `constraints.min_accuracy` set, minimises `objective` (default: latency if available, else the first
     constrained metric) subject to accuracy >= floor and the other limits. The initial population is the best
     `population_size` of `init_pool * population_size` feasible samples (1, the default, is the published random
-    start; a greedier start converged to worse optima at 15 and 30 ms on Note10, over 8 seeds). After the
+    start; a greedier start converged to worse optima at 15 and 30 ms on Note10, over 8 seeds); `init` (encoded
+    configs, e.g. known good neighbours) joins the initial population where feasible. After the
     generations, a bounded greedy polish tries every one-gene change of the best config (`polish_steps` rounds, 0
     to disable).
     Raises `InfeasibleError` at once for an impossible request, `SearchCancelled` when `should_stop` (a callable or
@@ -626,6 +627,8 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
     if objective != "accuracy" and objective not in efficiency.fns:
         raise ValueError(f"objective {objective!r} is not an available metric ({efficiency.names})")
     seeds = _check_feasible(spec, predictor, efficiency, cons, space, 0) if _check else []
+    if init is not None and len(init):
+        seeds += list(np.asarray(init, dtype=np.int32).reshape(-1, spec.enc_width))
 
     if cons.min_accuracy is not None and _check:
         # Quick bounded accuracy-maximising search under the efficiency limits: the best predicted accuracy it finds
@@ -877,6 +880,15 @@ class ParetoFront:
                             float(self.values[i]) if self.metric == "latency_ms" else None, None, None, None,
                             self.generations, self.wall_time_s, "accuracy", {self.metric: float(budget)}, [])
 
+    def gap_budgets(self, n: int) -> np.ndarray:
+        """The budgets where the front answers worst: just below each of the `n` points with the largest accuracy
+        step over the point before it (a budget there gets the point before; a search there may find better)."""
+        if n <= 0 or len(self) < 2:
+            return np.zeros(0)
+        steps = np.diff(self.acc)
+        top = np.argsort(-steps, kind="stable")[:n] + 1
+        return np.nextafter(self.values[np.sort(top)], -np.inf)
+
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "acc": self.acc.tolist(), "values": self.values.tolist(),
                 "configs": [SubnetConfig.from_encoded(self.spec, e).to_dict() for e in self.enc]}
@@ -965,3 +977,80 @@ def pareto_search(spec: SupernetSpec, predictor: Any, efficiency: Efficiency, lo
     enc = canonicalize_encoded(spec, a_enc[front])
     return ParetoFront(spec, metric, enc, a_acc[front].copy(), a_val[front].copy(), time.perf_counter() - t0,
                        generations, efficiency, predictor)
+
+
+def refine_budgets(low: float, high: float, n: int) -> np.ndarray:
+    """`n` budgets over [low, high] for `refine_front`: half evenly spaced, half geometrically (accuracy climbs
+    fastest at small budgets, so they get denser there); `high` is always one of them."""
+    if n <= 0:
+        return np.zeros(0)
+    if n == 1:
+        return np.asarray([float(high)])
+    lin = np.linspace(low, high, n - n // 2)
+    geo = np.geomspace(max(low, 1e-12), high, n // 2 + 1)[1:] if low > 0 else np.linspace(low, high, n // 2 + 1)[1:]
+    return np.unique(np.concatenate([lin, geo]))
+
+
+def refine_front(front: ParetoFront, budgets: Sequence[float], *, population_size: int = 100,
+                 generations: int = 100, neighbours: int = 8, polish_steps: int = 20,
+                 constraints: Constraints | Mapping[str, float] | None = None,
+                 resolutions: Sequence[int] | None = None, seed: int = 0, polish_rounds: int = 3,
+                 should_stop: Any = None) -> ParetoFront:
+    """The front, improved budget by budget: at each budget a single-budget `evolutionary_search` whose initial
+    population holds the front's `neighbours` most accurate points within the budget (so it starts at least as
+    good as the front there), its answer merged into the front. Budgets run from the largest down, each search
+    also seeded with the answers found so far, and the non-dominated set of the front and all answers is returned
+    (never worse than the front at any budget); then up to `polish_rounds` rounds merge in every non-dominated
+    one-gene change of the front's points. Needs the front's efficiency and predictor."""
+    t0 = time.perf_counter()
+    spec, eff, pred, metric = front.spec, front.efficiency, front.predictor, front.metric
+    if eff is None or pred is None:
+        raise ValueError("refine_front needs a front that carries its efficiency and predictor (pareto_search's)")
+    cons = Constraints.coerce(constraints).limits()
+    enc, acc, val = front.enc, front.acc, front.values
+    gens = front.generations
+    for i, b in enumerate(sorted((float(x) for x in budgets), reverse=True)):
+        if _stop_requested(should_stop):
+            raise SearchCancelled(i)
+        fit = np.nonzero(val <= b)[0]
+        near = fit[np.argsort(-acc[fit], kind="stable")[:neighbours]]     # may be none (below the front's start)
+        try:
+            r = evolutionary_search(spec, pred, eff, {**cons, metric: min(b, cons.get(metric, math.inf))},
+                                    population_size=population_size, generations=generations,
+                                    resolutions=resolutions, seed=seed + 1 + i, init=enc[near],
+                                    polish_steps=polish_steps, should_stop=should_stop)
+        except InfeasibleError:
+            continue
+        v = float(getattr(r, metric))
+        if not len(near) or r.predicted_acc > acc[near[0]] or (r.predicted_acc == acc[near[0]] and v < val[near[0]]):
+            enc, acc, val = np.concatenate([enc, r.enc[None]]), np.append(acc, r.predicted_acc), np.append(val, v)
+        gens += generations
+    keep = _nondominated(val, acc)
+    enc, acc, val = _polish_points(spec, pred, eff, metric, cons, resolutions, enc[keep], acc[keep], val[keep],
+                                   polish_rounds, should_stop)
+    keep = _nondominated(val, acc)
+    return ParetoFront(spec, metric, canonicalize_encoded(spec, enc[keep]), acc[keep].copy(), val[keep].copy(),
+                       front.wall_time_s + time.perf_counter() - t0, gens, eff, pred)
+
+
+def _polish_points(spec, pred, eff, metric: str, limits: dict, resolutions, enc, acc, val, rounds: int, should_stop):
+    """Merge the non-dominated one-gene changes of (enc, acc, val) into it, up to `rounds` times (stops early when
+    nothing changes); only changes within the other limits and no larger in `metric` than the largest point."""
+    if rounds <= 0 or not len(enc):
+        return enc, acc, val
+    space = _Space(spec, resolutions)
+    problem = _Problem(spec, pred, eff, Constraints(**{**limits, metric: float(val.max())}), "accuracy",
+                       space.rs.tolist())
+    for r in range(rounds):
+        if _stop_requested(should_stop):
+            raise SearchCancelled(r)
+        cand = np.concatenate([space.neighbours(e) for e in enc])
+        ok, metrics, c_acc, _ = problem.evaluate(cand)
+        n = len(enc)
+        enc = np.concatenate([enc, canonicalize_encoded(spec, cand[ok])])
+        acc, val = np.append(acc, c_acc[ok]), np.append(val, metrics[metric][ok])
+        keep = _nondominated(val, acc)
+        enc, acc, val = enc[keep], acc[keep], val[keep]
+        if np.all(keep < n) and len(keep) == n:
+            break
+    return enc, acc, val

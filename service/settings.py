@@ -55,9 +55,15 @@ class Settings(BaseSettings):
                                         "for the accuracy search that decides at POST /specialize whether an "
                                         "accuracy floor is reachable")
     floor_check_generations: int = 60
-    pareto_points: int = 40
-    pareto_population: int = 64
-    pareto_generations: int = 30
+    pareto_points: int = Field(1000, description="latency bins of the worker's bucketed-budget run that builds a "
+                               "table's stored Pareto front (its points are the bins' non-dominated best)")
+    pareto_population: int = Field(128, description="that run's children per generation: twice this")
+    pareto_generations: int = 1000
+    pareto_refine_budgets: int = Field(150, ge=0, le=2000, description="then a seeded single-budget search at this "
+                                       "many budgets across the latency range, and as many again just below the "
+                                       "front's largest accuracy steps, refines the stored front (0: none)")
+    pareto_refine_population: int = Field(100, ge=4, le=1000)
+    pareto_refine_generations: int = Field(100, ge=1, le=2000)
     sse_poll_s: float = 0.1
     job_lease_s: float = Field(30.0, description="a running job whose worker has not heartbeated for this long is "
                                "taken over (its worker died); a queued job published this long ago is re-published")

@@ -157,7 +157,9 @@ def compute_front(db, store, settings, device_id: int, table_id: int, supernet: 
         return "no-predictor"
     eff = eng.efficiency(table_id, lambda: _entries(db, table_id))
     t0 = time.monotonic()
-    points = eng.pareto(eff, settings.pareto_points, settings.pareto_population, settings.pareto_generations)
+    points = eng.pareto(eff, settings.pareto_points, settings.pareto_population, settings.pareto_generations,
+                        refine=settings.pareto_refine_budgets, refine_population=settings.pareto_refine_population,
+                        refine_generations=settings.pareto_refine_generations)
     try:
         with db.session() as s:
             device_repo.save_front(s, sn_id, eng.version, device_id, table_id, points)

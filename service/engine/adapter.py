@@ -2,6 +2,7 @@
 latency tables, search, extraction and export). ofa_core's `InfeasibleError` and `SearchCancelled` pass through."""
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import os
@@ -20,7 +21,8 @@ from ofa_core.export import (SafetensorsStream, export_onnx_bytes, export_pt_byt
 from ofa_core.extract import extract, extract_state_dict, net_config
 from ofa_core.mbv3 import build_supernet
 from ofa_core.predictor import AccuracyPredictor
-from ofa_core.search import METRICS, Constraints, Efficiency, SearchResult, evolutionary_search, pareto_search
+from ofa_core.search import (METRICS, Constraints, Efficiency, SearchResult, evolutionary_search, pareto_search,
+                             refine_budgets, refine_front)
 from ofa_core.spec import SubnetConfig, SupernetSpec
 from service.errors import ValidationFailed
 from .calibration import ServedBN, uncalibrated_metadata
@@ -95,6 +97,25 @@ class _LRU:
         return value
 
 
+class FrontPoints(list):
+    """A stored front's points (dicts with every metric and "accuracy"), indexed by latency: `best_within(budget)`
+    is the most accurate point with latency_ms <= budget (the first of equals in list order), in O(log n)."""
+
+    def __init__(self, points):
+        super().__init__(points)
+        lat = [p.get("latency_ms") for p in self]
+        self.indexed = all(v is not None for v in lat) and all(a <= b for a, b in zip(lat, lat[1:]))
+        self._lat, self._best, best = lat, [], -1
+        for i, p in enumerate(self):
+            if best < 0 or p["accuracy"] > self[best]["accuracy"]:
+                best = i
+            self._best.append(best)
+
+    def best_within(self, budget: float) -> dict[str, Any] | None:
+        i = bisect.bisect_right(self._lat, budget) - 1
+        return self[self._best[i]] if i >= 0 else None
+
+
 class SupernetEngine:
     image_sets = None     # service.engine.calibration.ImageSets, set by the store (BN calibration / evaluation)
 
@@ -139,10 +160,13 @@ class SupernetEngine:
         return self._efficiency.get(table_id, lambda: Efficiency(
             self.spec, latency_ms=latency_table(self.spec, load()), **self._costs))
 
-    def front_points(self, table_id: int, load: Callable[[], Any]) -> list[dict[str, Any]] | None:
+    def front_points(self, table_id: int, load: Callable[[], Any]) -> "FrontPoints | None":
         """The stored Pareto front of a table version (written once per table version, so cached once
-        found); None while the worker has not stored it yet."""
-        return self._fronts.get(table_id, lambda: getattr(load(), "points", None), keep=lambda p: p is not None)
+        found, with its latency index); None while the worker has not stored it yet."""
+        def make():
+            points = getattr(load(), "points", None)
+            return None if points is None else FrontPoints(points)
+        return self._fronts.get(table_id, make, keep=lambda p: p is not None)
 
     def search_resolutions(self, eff: Efficiency) -> tuple[int, ...]:
         """The resolutions a search of this table uses: those the device's table has entries for and the
@@ -187,8 +211,12 @@ class SupernetEngine:
                                    should_stop=should_cancel, polish_steps=min(20, generations), top_k=top_k)
 
     def pareto(self, eff: Efficiency, n_points: int, population: int, generations: int, seed: int = 0,
-               should_cancel=None) -> list[dict[str, Any]]:
-        """The accuracy/latency front of a table (sorted by latency), stored as points with every metric."""
+               should_cancel=None, refine: int = 0, refine_population: int = 100, refine_generations: int = 100
+               ) -> list[dict[str, Any]]:
+        """The accuracy/latency front of a table (sorted by latency), stored as points with every metric: one
+        bucketed-budget run (`n_points` bins), then, with `refine` > 0, a seeded single-budget search at each of
+        `refine` budgets across the range and at as many just below the front's largest accuracy steps, merged in
+        with the non-dominated one-gene changes of its points (ofa_core's `refine_front`)."""
         if self.predictor is None or not self.predictor.encodable(eff.latency_table.resolutions):
             return []
         res = self.search_resolutions(eff)
@@ -198,6 +226,12 @@ class SupernetEngine:
         front = pareto_search(self.spec, self.predictor, eff, lo, hi * 1.0001, n_bins=max(n_points, 8),
                               generations=generations, children=population * 2, init_samples=population * 20,
                               resolutions=res, seed=seed, should_stop=should_cancel)
+        for i, budgets in enumerate((refine_budgets(lo, hi, refine), None) if refine > 0 else ()):
+            # a grid across the range, then just below the front's largest accuracy steps (where it answers worst)
+            front = refine_front(front, front.gap_budgets(refine) if budgets is None else budgets,
+                                 population_size=refine_population, generations=refine_generations,
+                                 polish_steps=min(20, refine_generations), resolutions=res, seed=seed + 7919 * i,
+                                 should_stop=should_cancel)
         m = eff.evaluate(front.enc)
         return [{"config": SubnetConfig.from_encoded(self.spec, e).to_dict(), "accuracy": float(a),
                  **{k: (float(m[k][i]) if k == "latency_ms" else int(m[k][i])) for k in METRICS}}

@@ -60,7 +60,10 @@ def job_out(job: Job) -> JobOut:
 def front_answer(points: list[dict[str, Any]], constraints: dict[str, float], floor: float | None
                  ) -> dict[str, Any] | None:
     """The stored front's answer with the search's semantics: the most accurate point within the constraints or,
-    with an accuracy floor, the fastest point within them whose accuracy reaches the floor."""
+    with an accuracy floor, the fastest point within them whose accuracy reaches the floor. A latency budget alone
+    on an indexed front (the engine's `FrontPoints`) is answered by bisection."""
+    if floor is None and set(constraints) == {"latency_ms"} and getattr(points, "indexed", False):
+        return points.best_within(constraints["latency_ms"])
     ok = [p for p in points if all(p.get(k) is not None and p[k] <= v for k, v in constraints.items())
           and (floor is None or p["accuracy"] >= floor)]
     if not ok:
@@ -175,7 +178,8 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
         _republish_if_orphaned(s, settings, celery, existing)
         return existing, existing.status == "succeeded"
     job = Job(id=uuid.uuid4().hex, owner_key_id=owner_key_id, supernet_id=sn_row.id, supernet_version=eng.version, device_id=device.id,
-              table_id=table.id, request_hash=h, request=request, status="queued", source="search")
+              table_id=table.id, request_hash=h, request=request, status="queued", source="search",
+              supernet=sn_row, device=device, table=table)   # loaded already: job_out reads them without a query
     points = eng.front_points(table.id, lambda: device_repo.front_for(s, sn_row.id, table.id)) \
         if body.use_pareto and not body.verify else None
     point = front_answer(points, constraints, body.accuracy_floor) if points else None

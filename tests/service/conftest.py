@@ -68,6 +68,7 @@ def settings_factory(assets, image_sets, tmp_path_factory):
                     predictors={"ofa_mbv3_cifar10": p,
                                 "ofa_mbv3_d234_e346_k357_w1.2": os.path.join(SHARED, "acc_predictor.pth")},
                     log_level="WARNING", pareto_points=8, pareto_population=16, pareto_generations=5,
+                    pareto_refine_budgets=2, pareto_refine_population=16, pareto_refine_generations=3,
                     default_population=16, default_generations=5, sse_poll_s=0.05, broker_publish_timeout_s=1.0,
                     calibration_data={"ofa_mbv3_cifar10": image_sets[0]},
                     evaluation_data={"ofa_mbv3_cifar10": image_sets[1]})

@@ -30,6 +30,7 @@ def service_env(settings, **extra: str) -> dict[str, str]:
            "OFA_WEIGHTS": json.dumps(settings.weights), "OFA_PREDICTORS": json.dumps(settings.predictors),
            "OFA_SUPERNETS": json.dumps(["ofa_mbv3_cifar10"]), "OFA_LOG_LEVEL": "WARNING",
            "OFA_PARETO_POINTS": "8", "OFA_PARETO_POPULATION": "16", "OFA_PARETO_GENERATIONS": "5",
+           "OFA_PARETO_REFINE_BUDGETS": "2", "OFA_PARETO_REFINE_POPULATION": "16", "OFA_PARETO_REFINE_GENERATIONS": "3",
            "OFA_DEFAULT_POPULATION": "16", "OFA_DEFAULT_GENERATIONS": "5", "OFA_AUTO_PROFILE_HOST": "false",
            "OFA_JOB_LEASE_S": str(LEASE_S), "OFA_JOB_SWEEP_S": str(SWEEP_S), "OFA_JOB_HEARTBEAT_S": "0.5",
            "OFA_BROKER_PUBLISH_TIMEOUT_S": "1.0",

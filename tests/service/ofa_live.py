@@ -38,7 +38,9 @@ def live_env(var_dir: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OFA_")}
     env.update(OFA_VAR_DIR=var_dir, OFA_LOG_LEVEL="WARNING", OFA_AUTO_PROFILE_HOST="false", OMP_NUM_THREADS="1",
                OFA_CALIBRATION_IMAGES="200", OFA_EVALUATION_MAX_IMAGES="200", OFA_PARETO_POINTS="16",
-               OFA_PARETO_POPULATION="32", OFA_PARETO_GENERATIONS="10", OFA_SSE_POLL_S="0.05")
+               OFA_PARETO_POPULATION="32", OFA_PARETO_GENERATIONS="10",
+               OFA_PARETO_REFINE_BUDGETS="2", OFA_PARETO_REFINE_POPULATION="16", OFA_PARETO_REFINE_GENERATIONS="3",
+               OFA_SSE_POLL_S="0.05")
     return env
 
 

@@ -26,7 +26,8 @@ def _start_worker(settings) -> subprocess.Popen:
            "OFA_SUPERNETS": json.dumps(["ofa_mbv3_cifar10"]), "OFA_LOG_LEVEL": "WARNING",
            "OFA_CALIBRATION_DATA": json.dumps(settings.calibration_data),
            "OFA_EVALUATION_DATA": json.dumps(settings.evaluation_data),
-           "OFA_PARETO_POINTS": "8", "OFA_PARETO_POPULATION": "16", "OFA_PARETO_GENERATIONS": "5"}
+           "OFA_PARETO_POINTS": "8", "OFA_PARETO_POPULATION": "16", "OFA_PARETO_GENERATIONS": "5",
+           "OFA_PARETO_REFINE_BUDGETS": "2", "OFA_PARETO_REFINE_POPULATION": "16", "OFA_PARETO_REFINE_GENERATIONS": "3"}
     return subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q",
                              settings.task_queue, "--pool", "solo", "--concurrency", "1", "--without-gossip",
                              "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"],
