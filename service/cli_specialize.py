@@ -40,6 +40,9 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--generations", type=int, help="default: the service's (a key is needed above it)")
     p.add_argument("--seed", type=int, help="default: 0")
     p.add_argument("--no-pareto", action="store_true", help="always search (no answer from the stored front)")
+    p.add_argument("--verify", action="store_true", help="recalibrate, score and (host device) time the best "
+                   "candidates, answer with the best measured one within the budget")
+    p.add_argument("--verify-top-k", type=int, metavar="K", help="candidates to verify (default: the service's, 5)")
     p.add_argument("--url", default=os.environ.get("OFA_URL", "http://127.0.0.1:8000"), help="service URL ($OFA_URL)")
     p.add_argument("--api-key", help="API key; default: $OFA_API_KEY")
     p.add_argument("--download", metavar="PATH", help="download the weights to this file or directory")
@@ -63,6 +66,11 @@ def result_table(job: dict) -> str:
         v = res.get("predicted_latency_ms" if key == "latency_ms" else key)
         budget = f" (budget {fmt_metric(key, cons[key])})" if key in cons else ""
         rows.append((label, fmt_metric(key, v) + budget))
+    if res.get("measured_accuracy") is not None:
+        rows.append(("measured accuracy", f"{fmt_metric('accuracy', res['measured_accuracy'])} "
+                                          f"({res.get('measured_images')} evaluation images)"))
+    if res.get("measured_latency_ms") is not None:
+        rows.append(("measured latency", fmt_metric("latency_ms", res["measured_latency_ms"])))
     cfg = res.get("config") or {}
     rows.append(("resolution / depths", f"{cfg.get('r')} / {cfg.get('d')}"))
     width = max(len(k) for k, _ in rows)
@@ -77,7 +85,7 @@ def cmd_specialize(args) -> int:
     with Client(args.url, api_key=args.api_key or os.environ.get("OFA_API_KEY")) as c:
         job = c.specialize(args.device, **budgets, accuracy_floor=args.accuracy_floor, supernet=args.supernet,
                            population=args.population, generations=args.generations, seed=args.seed,
-                           use_pareto=not args.no_pareto)
+                           use_pareto=not args.no_pareto, verify=args.verify, verify_top_k=args.verify_top_k)
         job.wait(progress=not (args.no_progress or args.json) and sys.stderr.isatty(), timeout=args.timeout)
         path = str(job.download(args.download, format=args.format)) if args.download else None
     if args.json:

@@ -303,15 +303,20 @@ class Client:
     def specialize(self, device: str, latency_ms: float | dict | None = None, macs: int | dict | None = None,
                    params: int | dict | None = None, peak_memory_bytes: int | dict | None = None,
                    accuracy_floor: float | None = None, supernet: str | None = None, population: int | None = None,
-                   generations: int | None = None, seed: int | None = None, use_pareto: bool = True) -> Job:
+                   generations: int | None = None, seed: int | None = None, use_pareto: bool = True,
+                   verify: bool = False, verify_top_k: int | None = None) -> Job:
         """Ask for the most accurate sub-network within the budgets (or, with `accuracy_floor`, the fastest one
         reaching it). A budget is a number or relative: `{"times_min": 1.5}` / `{"fraction_of_range": 0.3}`.
+        With `verify`, a worker recalibrates, scores and (on the host device) times the search's best
+        `verify_top_k` candidates and answers with the best measured one within the budget.
         Returns the job at once (already succeeded when the answer was known); call `.wait()`."""
         constraints = {k: v for k, v in (("latency_ms", latency_ms), ("macs", macs), ("params", params),
                                          ("peak_memory_bytes", peak_memory_bytes)) if v is not None}
-        options = {k: v for k, v in (("population", population), ("generations", generations), ("seed", seed))
-                   if v is not None}
+        options = {k: v for k, v in (("population", population), ("generations", generations), ("seed", seed),
+                                     ("verify_top_k", verify_top_k)) if v is not None}
         body: dict[str, Any] = {"device": device, "constraints": constraints, "use_pareto": use_pareto}
+        if verify:
+            body["verify"] = True
         if options:
             body["options"] = options
         if accuracy_floor is not None:

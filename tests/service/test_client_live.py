@@ -102,6 +102,17 @@ def test_ofa_specialize_cli(live_service, tmp_path):
     r = run("host-cpu", "--latency-ms", "30%")
     assert r.returncode == 0, r.stderr
     assert "predicted accuracy" in r.stdout and "budget" in r.stdout and "Traceback" not in r.stderr
+    # --verify: the worker measures the best 2 candidates; the answer shows what was measured (this live
+    # service's host-cpu has an uploaded table, not a profile of this host: its latency stays predicted)
+    r = run("host-cpu", "--macs", "50%", "--verify", "--verify-top-k", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["request"]["verify"] is True and out["request"]["options"]["verify_top_k"] == 2
+    res = out["result"]
+    assert len(res["verification"]["candidates"]) == 2 and res["measured_latency_ms"] is None, res
+    assert 0 < res["measured_accuracy"] <= 1 and res["macs"] <= out["request"]["constraints"]["macs"]
+    r = run("host-cpu", "--macs", "50%", "--verify", "--verify-top-k", "2")
+    assert r.returncode == 0 and "measured accuracy" in r.stdout and "measured latency" not in r.stdout, r.stdout
     r = run("ghost", "--latency-ms", "2")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "unknown device 'ghost'" in r.stderr
     assert ROOT
