@@ -138,6 +138,14 @@ def _separable_minimum(spec: SupernetSpec, fn: MetricFn, resolutions: Sequence[i
     return float(vals[i]), cands[i]
 
 
+LIMIT_SLACK = 1e-9
+
+
+def within_limit(limit: float) -> float:
+    """The largest value that counts as within `limit` (float rounding slack of LIMIT_SLACK, relative)."""
+    return limit + abs(limit) * LIMIT_SLACK
+
+
 @dataclass
 class Constraints:
     """Upper limits on efficiency metrics (any combination) and an optional predicted-accuracy floor."""
@@ -160,10 +168,12 @@ class Constraints:
         return cls(**{k: (None if v is None else float(v)) for k, v in c.items()})
 
     def limits(self) -> dict[str, float]:
-        return {m: float(getattr(self, m)) for m in METRICS if getattr(self, m) is not None}
+        """The limits candidates are held to: each given value plus a relative 1e-9, so that a budget equal to a
+        reported figure (a float sum printed and parsed back) admits the sub-network it was reported for."""
+        return {m: within_limit(float(getattr(self, m))) for m in METRICS if getattr(self, m) is not None}
 
     def to_dict(self) -> dict[str, float]:
-        d = self.limits()
+        d = {m: float(getattr(self, m)) for m in METRICS if getattr(self, m) is not None}
         if self.min_accuracy is not None:
             d["min_accuracy"] = float(self.min_accuracy)
         return d

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ofa_core.search import METRICS, InfeasibleError
+from ofa_core.search import METRICS, InfeasibleError, within_limit
 from ofa_core.spec import SubnetConfig
 from service.db.base import utcnow
 from service.db.models import Job
@@ -63,8 +63,8 @@ def front_answer(points: list[dict[str, Any]], constraints: dict[str, float], fl
     with an accuracy floor, the fastest point within them whose accuracy reaches the floor. A latency budget alone
     on an indexed front (the engine's `FrontPoints`) is answered by bisection."""
     if floor is None and set(constraints) == {"latency_ms"} and getattr(points, "indexed", False):
-        return points.best_within(constraints["latency_ms"])
-    ok = [p for p in points if all(p.get(k) is not None and p[k] <= v for k, v in constraints.items())
+        return points.best_within(within_limit(constraints["latency_ms"]))
+    ok = [p for p in points if all(p.get(k) is not None and p[k] <= within_limit(v) for k, v in constraints.items())
           and (floor is None or p["accuracy"] >= floor)]
     if not ok:
         return None
@@ -84,7 +84,7 @@ def infeasible(minima: dict[str, float], constraints: dict[str, float], error: I
             f"no sub-network within the constraints reaches accuracy_floor {floor:g}; best achievable predicted "
             f"accuracy: {best:.4f}", mins, violated=["accuracy_floor"], best_accuracy=best)
     smallest = "; smallest achievable: " + ", ".join(f"{k} = {minima[k]:g}" for k in METRICS)
-    violated = [k for k, v in constraints.items() if minima[k] > v]
+    violated = [k for k, v in constraints.items() if minima[k] > within_limit(v)]
     if violated:
         return InfeasibleConstraints("no sub-network meets " + ", ".join(f"{k} <= {constraints[k]:g}" for k in violated)
                                      + smallest, mins, violated=violated)
@@ -157,7 +157,7 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
     eff = eng.efficiency(table.id, lambda: device_repo.load_entries(s, table.id))
     minima = eng.minima(eff)
     constraints = body.constraints.absolute(minima, lambda: eng.maxima(eff))
-    if any(minima[k] > v for k, v in constraints.items()):
+    if any(minima[k] > within_limit(v) for k, v in constraints.items()):
         raise infeasible(minima, constraints)
     options = {"population": body.options.population or settings.default_population,
                "generations": body.options.generations or settings.default_generations,

@@ -214,3 +214,14 @@ def test_search_uses_the_table_resolutions_the_predictor_encodes(note10, publish
     b = evolutionary_search(spec, published_predictor, eff, {"latency_ms": 30}, population_size=40,
                             generations=10, seed=1, resolutions=res)
     assert b.config.r in res and b.latency_ms <= 30
+
+
+def test_a_budget_equal_to_the_minimum_is_feasible(setup, note10):
+    """A float sum printed and parsed back (or summed in another order) can land one ulp below the exact value:
+    a budget equal to the smallest achievable latency still admits it."""
+    spec, eff, pred = setup
+    lo, enc = note10.minimum()
+    a = evolutionary_search(spec, pred, eff, {"latency_ms": lo * (1 - 1e-12)}, population_size=8, generations=2)
+    assert a.latency_ms == pytest.approx(lo)
+    with pytest.raises(InfeasibleError):
+        evolutionary_search(spec, pred, eff, {"latency_ms": lo * (1 - 1e-6)}, population_size=8, generations=2)

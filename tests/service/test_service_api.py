@@ -70,6 +70,11 @@ def test_errors(env):
     assert err["code"] == "infeasible_constraints"
     assert set(err["minima"]) == {"latency_ms", "macs", "params", "peak_memory_bytes"}
     assert err["minima"]["latency_ms"] > 0.01 and set(err["violated"]) == {"latency_ms", "macs"}
+    # the smallest achievable figures, sent back as budgets (JSON floats of a float sum), admit that sub-network
+    for m in ("latency_ms", "macs"):
+        r = env.client.post("/specialize", json={"device": "dev", "constraints": {m: err["minima"][m]},
+                                                 "options": {"population": 8, "generations": 2}, "use_pareto": False})
+        assert r.status_code == 202, r.text
     assert env.client.get("/jobs/nope").status_code == 404
     assert env.client.get("/subnets/nope").status_code == 404
 
