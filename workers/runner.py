@@ -150,7 +150,7 @@ def compute_front(db, store, settings, device_id: int, table_id: int, supernet: 
     eng = store.get(supernet)
     with db.session() as s:
         sn = supernet_repo.get_by_name(s, supernet)
-        if device_repo.front_for(s, sn.id, table_id) is not None:
+        if device_repo.front_for(s, sn.id, table_id, eng.version) is not None:
             return "exists"
         sn_id = sn.id
     if not eng.search_ready:
@@ -162,6 +162,8 @@ def compute_front(db, store, settings, device_id: int, table_id: int, supernet: 
                         refine_generations=settings.pareto_refine_generations)
     try:
         with db.session() as s:
+            if device_repo.delete_stale_front(s, sn_id, table_id, eng.version):
+                log.info("stale pareto front replaced", extra={"table_id": table_id, "version": eng.version})
             device_repo.save_front(s, sn_id, eng.version, device_id, table_id, points)
     except IntegrityError:
         return "exists"

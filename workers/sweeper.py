@@ -10,6 +10,9 @@ Each pass, for every job whose timestamp (`heartbeat_at`) is older than `job_lea
 Every change is one conditional UPDATE, so several sweepers (one per worker) never publish the same job twice in a
 period, and a duplicate message is harmless anyway (claim() is atomic; a finished job's task returns at once).
 A job is therefore picked up again at most `job_lease_s + job_sweep_s` after its worker died.
+
+Each pass also requests the Pareto front of every current table that lacks one of its supernet's version
+(`sweep_fronts`): a front whose publish was lost, or one made stale by new weights or a new predictor.
 """
 from __future__ import annotations
 
@@ -59,6 +62,30 @@ def sweep(db, celery, settings) -> dict[str, int]:
     return counts
 
 
+FRONT_REPUBLISH_S = 600.0      # a front requested by this process is not requested again for this long
+
+
+def sweep_fronts(db, celery, settings, published: dict, now: float | None = None) -> int:
+    """Request the Pareto front of every current table that has none of its supernet's version (its publish was
+    lost, or new weights / a new predictor made the stored one stale); `published` remembers what this process
+    asked for and when, so that a front being computed is not asked for again within FRONT_REPUBLISH_S."""
+    from service.devices import repository as device_repo
+    now = time.monotonic() if now is None else now
+    with db.session() as s:
+        missing = device_repo.fronts_missing(s)
+    sent = 0
+    for device_id, table_id, supernet, version in missing:
+        key = (table_id, version)
+        if now - published.get(key, -FRONT_REPUBLISH_S) < FRONT_REPUBLISH_S:
+            continue
+        if not Q.publish_front(celery, settings, device_id, table_id, supernet):
+            break                               # broker down: the next pass tries again
+        published[key] = now
+        sent += 1
+        log.info("pareto front requested", extra={"table_id": table_id, "supernet": supernet, "version": version})
+    return sent
+
+
 class Sweeper:
     """The periodic sweep in a daemon thread. With `parent_pid`, it also stops this worker (SIGTERM to itself)
     when that process is gone (the `ofa serve` that started it died without stopping it)."""
@@ -66,6 +93,7 @@ class Sweeper:
     def __init__(self, settings, celery, parent_pid: int | None = None):
         self.settings, self.celery, self.parent_pid = settings, celery, parent_pid
         self._stop = threading.Event()
+        self._fronts: dict = {}
         self._thread = threading.Thread(target=self._run, name="ofa-sweeper", daemon=True)
 
     def start(self) -> "Sweeper":
@@ -93,6 +121,7 @@ class Sweeper:
                     continue
                 try:
                     sweep(db, self.celery, self.settings)
+                    sweep_fronts(db, self.celery, self.settings, self._fronts)
                 except Exception as e:
                     log.warning("sweep failed", extra={"error": f"{type(e).__name__}: {e}"[:300]})
                 next_at = time.monotonic() + period

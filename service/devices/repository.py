@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from ofa_core.latency import LatencyEntry as Entry
@@ -120,9 +120,32 @@ def load_entries(s: Session, table_id: int) -> Table:
     return out
 
 
-def front_for(s: Session, supernet_id: int, table_id: int) -> ParetoFront | None:
-    return s.scalar(select(ParetoFront).where(ParetoFront.supernet_id == supernet_id,
-                                              ParetoFront.table_id == table_id))
+def front_for(s: Session, supernet_id: int, table_id: int, version: str | None = None) -> ParetoFront | None:
+    """The stored front of a table; with `version`, only one computed by that supernet version (a front of
+    other weights or another predictor is stale: its accuracies are not this supernet's)."""
+    stmt = select(ParetoFront).where(ParetoFront.supernet_id == supernet_id, ParetoFront.table_id == table_id)
+    if version is not None:
+        stmt = stmt.where(ParetoFront.supernet_version == version)
+    return s.scalar(stmt)
+
+
+def delete_stale_front(s: Session, supernet_id: int, table_id: int, version: str) -> int:
+    """Remove a table's front computed by another supernet version (so the current one can be stored)."""
+    return s.execute(delete(ParetoFront).where(ParetoFront.supernet_id == supernet_id,
+                                               ParetoFront.table_id == table_id,
+                                               ParetoFront.supernet_version != version)).rowcount
+
+
+def fronts_missing(s: Session, limit: int = 100) -> list[tuple[int, int, str, str]]:
+    """(device id, current table id, supernet name, supernet version) of current tables without a front of their
+    supernet's recorded version: never computed (the broker was down) or computed by older weights/predictor."""
+    current = (LatencyTable.device_id == Device.id) & (LatencyTable.version == Device.current_version)
+    fresh = ((ParetoFront.table_id == LatencyTable.id) & (ParetoFront.supernet_id == Supernet.id)
+             & (ParetoFront.supernet_version == Supernet.version))
+    stmt = (select(Device.id, LatencyTable.id, Supernet.name, Supernet.version)
+            .join(LatencyTable, current).join(Supernet, Supernet.id == Device.supernet_id)
+            .outerjoin(ParetoFront, fresh).where(ParetoFront.id.is_(None)).order_by(LatencyTable.id).limit(limit))
+    return [tuple(r) for r in s.execute(stmt).all()]
 
 
 def save_front(s: Session, supernet_id: int, supernet_version: str, device_id: int, table_id: int,
@@ -144,5 +167,7 @@ def overview(s: Session, devices: list[Device]) -> dict[int, tuple[LatencyTable 
         Device, (LatencyTable.device_id == Device.id) & (LatencyTable.version == Device.current_version))
         .where(Device.id.in_(ids)))}
     counts = dict(s.execute(select(ParetoFront.table_id, func.json_array_length(ParetoFront.points))
+                            .join(Supernet, (Supernet.id == ParetoFront.supernet_id)
+                                  & (Supernet.version == ParetoFront.supernet_version))
                             .where(ParetoFront.table_id.in_([t.id for t in tables.values()]))).all())
     return {i: (tables.get(i), counts.get(tables[i].id) if i in tables else None) for i in ids}

@@ -105,6 +105,6 @@ def device_out(s: Session, d, detail: bool = False) -> DeviceOut:
                                      created_at=t.created_at)
                         for t in repo.versions(s, d)]
         cur = repo.current_table(s, d)
-        front = repo.front_for(s, d.supernet_id, cur.id) if cur else None
+        front = repo.front_for(s, d.supernet_id, cur.id, d.supernet.version) if cur else None
         out.pareto_front = front.points if front else None
     return out

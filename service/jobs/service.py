@@ -180,7 +180,7 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
     job = Job(id=uuid.uuid4().hex, owner_key_id=owner_key_id, supernet_id=sn_row.id, supernet_version=eng.version, device_id=device.id,
               table_id=table.id, request_hash=h, request=request, status="queued", source="search",
               supernet=sn_row, device=device, table=table)   # loaded already: job_out reads them without a query
-    points = eng.front_points(table.id, lambda: device_repo.front_for(s, sn_row.id, table.id)) \
+    points = eng.front_points(table.id, lambda: device_repo.front_for(s, sn_row.id, table.id, eng.version)) \
         if body.use_pareto and not body.verify else None
     point = front_answer(points, constraints, body.accuracy_floor) if points else None
     calib_publish = False

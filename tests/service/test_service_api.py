@@ -276,6 +276,38 @@ def test_pareto_front_answers(env):
     assert r2.status_code == 202
 
 
+def test_a_front_of_another_supernet_version_is_stale(env):
+    """A stored front computed by other weights or another predictor (another supernet version) is neither shown
+    nor answered from; the sweeper requests a new one (once per FRONT_REPUBLISH_S), which replaces it."""
+    from sqlalchemy import update
+    from service.db.models import ParetoFront
+    from service.devices import repository as repo
+    from workers import runner
+    from workers.sweeper import FRONT_REPUBLISH_S, sweep_fronts
+    env.add_device("dev")
+    with env.db.session() as s:
+        dev = repo.get_by_name(s, "dev")
+        ids = (dev.id, repo.current_table(s, dev).id)
+    assert runner.compute_front(env.db, env.store, env.settings, *ids, "ofa_mbv3_cifar10") == "stored"
+    front = env.client.get("/devices/dev").json()["pareto_front"]
+    budget = front[len(front) // 2]["latency_ms"]
+    with env.db.session() as s:
+        s.execute(update(ParetoFront).values(supernet_version="0-older"))
+    env.store.get("ofa_mbv3_cifar10").forget_tables()        # as a process started with the new version
+    assert env.client.get("/devices/dev").json()["pareto_front"] is None
+    r = env.client.post("/specialize", json={"device": "dev", "constraints": {"latency_ms": budget}})
+    assert r.status_code == 202 and r.json()["source"] == "search", r.text
+    published, celery = {}, env.app.state.celery
+    assert sweep_fronts(env.db, celery, env.settings, published, now=1000.0) == 1
+    assert sweep_fronts(env.db, celery, env.settings, published, now=1001.0) == 0        # being computed
+    assert sweep_fronts(env.db, celery, env.settings, published, now=1001.0 + FRONT_REPUBLISH_S) == 1
+    assert runner.compute_front(env.db, env.store, env.settings, *ids, "ofa_mbv3_cifar10") == "stored"
+    assert env.client.get("/devices/dev").json()["pareto_front"] == front
+    assert sweep_fronts(env.db, celery, env.settings, {}) == 0
+    r = env.client.post("/specialize", json={"device": "dev", "constraints": {"latency_ms": budget * 1.0001}})
+    assert r.status_code == 200 and r.json()["source"] == "pareto"
+
+
 def test_supernets(env):
     items = {s["name"]: s for s in env.client.get("/supernets").json()["items"]}
     assert items["ofa_mbv3_cifar10"]["has_weights"] and items["ofa_mbv3_cifar10"]["default"]
