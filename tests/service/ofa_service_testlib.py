@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 import uuid
 
 from ofa_service_assets import make_assets, synthetic_table  # noqa: F401
@@ -50,3 +53,31 @@ def _make_env(settings, store):
     client = TestClient(app)
     client.__enter__()
     return Env(settings, app, client, create_api_key(app.state.db, "test"))
+
+
+def start_worker(settings) -> subprocess.Popen:
+    """A real Celery worker process (solo pool, 1 thread) on the settings' database, broker and queue, with small
+    Pareto-front settings."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OFA_DATABASE_URL": settings.database_url,
+           "OFA_BROKER_URL": settings.broker_url, "OFA_TASK_QUEUE": settings.task_queue,
+           "OFA_WEIGHTS": json.dumps(settings.weights), "OFA_PREDICTORS": json.dumps(settings.predictors),
+           "OFA_SUPERNETS": json.dumps(["ofa_mbv3_cifar10"]), "OFA_LOG_LEVEL": "WARNING",
+           "OFA_CALIBRATION_DATA": json.dumps(settings.calibration_data),
+           "OFA_EVALUATION_DATA": json.dumps(settings.evaluation_data),
+           "OFA_PARETO_POINTS": "8", "OFA_PARETO_POPULATION": "16", "OFA_PARETO_GENERATIONS": "5",
+           "OFA_PARETO_REFINE_BUDGETS": "2", "OFA_PARETO_REFINE_POPULATION": "16", "OFA_PARETO_REFINE_GENERATIONS": "3"}
+    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q",
+                             settings.task_queue, "--pool", "solo", "--concurrency", "1", "--without-gossip",
+                             "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_for_job(env, job_id: str, worker: subprocess.Popen, timeout: float = 120.0) -> dict:
+    """Poll GET /jobs/{id} until the job is finished (or `timeout`), failing at once if the worker died."""
+    deadline = time.time() + timeout
+    while True:
+        job = env.client.get(f"/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled") or time.time() > deadline:
+            return job
+        assert worker.poll() is None, worker.stderr.read().decode()[-3000:]
+        time.sleep(0.2)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,22 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ofa_service_testlib import ROOT
-
-
-def _start_worker(settings) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OFA_DATABASE_URL": settings.database_url,
-           "OFA_BROKER_URL": settings.broker_url, "OFA_TASK_QUEUE": settings.task_queue,
-           "OFA_WEIGHTS": json.dumps(settings.weights), "OFA_PREDICTORS": json.dumps(settings.predictors),
-           "OFA_SUPERNETS": json.dumps(["ofa_mbv3_cifar10"]), "OFA_LOG_LEVEL": "WARNING",
-           "OFA_CALIBRATION_DATA": json.dumps(settings.calibration_data),
-           "OFA_EVALUATION_DATA": json.dumps(settings.evaluation_data),
-           "OFA_PARETO_POINTS": "8", "OFA_PARETO_POPULATION": "16", "OFA_PARETO_GENERATIONS": "5",
-           "OFA_PARETO_REFINE_BUDGETS": "2", "OFA_PARETO_REFINE_POPULATION": "16", "OFA_PARETO_REFINE_GENERATIONS": "3"}
-    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q",
-                             settings.task_queue, "--pool", "solo", "--concurrency", "1", "--without-gossip",
-                             "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+from ofa_service_testlib import start_worker, wait_for_job
 
 
 def _eval_inputs(path: str, pre: dict, r: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +44,7 @@ def test_end_to_end_real_worker(backend, request, settings_factory, shared_store
     else:
         s = settings_factory("sqlite")
     env = _make_env(s, shared_store)
-    worker = _start_worker(s)
+    worker = start_worker(s)
     try:
         env.add_device("e2e-dev")
         r = env.client.post("/specialize", json={"device": "e2e-dev", "constraints": {"latency_ms": 3.0},
@@ -69,13 +52,7 @@ def test_end_to_end_real_worker(backend, request, settings_factory, shared_store
                                                  "use_pareto": False})
         assert r.status_code == 202, r.text
         jid = r.json()["id"]
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            job = env.client.get(f"/jobs/{jid}").json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                break
-            assert worker.poll() is None, worker.stderr.read().decode()[-3000:]
-            time.sleep(0.2)
+        job = wait_for_job(env, jid, worker)
         assert job["status"] == "succeeded", job
         res = job["result"]
         assert res["bn_calibrated"] is True and res["pending"] == [] and res["measured_images"] == 200

@@ -231,23 +231,16 @@ def test_choose_best_measured_within_budget():
 def test_verified_answer_by_a_real_worker(request, settings_factory, shared_store):
     """PostgreSQL + Redis and a real Celery worker process: the job is published after its commit, the worker
     reloads it by id, searches, verifies and answers; the SSE stream replays the verify phase."""
-    from ofa_service_testlib import _make_env
-    from test_service_e2e import _start_worker
+    from ofa_service_testlib import _make_env, start_worker, wait_for_job
     s = settings_factory("postgres", request.getfixturevalue("migrated_pg"), request.getfixturevalue("redis_url"))
     env = _make_env(s, shared_store)
-    worker = _start_worker(s)
+    worker = start_worker(s)
     try:
         env.add_device("phone")
         r = _post(env, "phone", _budget(env, "phone"), options={**OPTS, "verify_top_k": 3})
         assert r.status_code == 202, r.text
         jid = r.json()["id"]
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            job = env.client.get(f"/jobs/{jid}").json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                break
-            assert worker.poll() is None, worker.stderr.read().decode()[-3000:]
-            time.sleep(0.2)
+        job = wait_for_job(env, jid, worker)
         assert job["status"] == "succeeded", job
         ver = job["result"]["verification"]
         assert len(ver["candidates"]) == 3 and ver["chosen"] == job["result"]["subnet_id"]
