@@ -49,6 +49,8 @@ def _make_env(settings, store):
     from service.db.migrate import upgrade
     if settings.database_url.startswith("sqlite"):
         upgrade(settings.database_url)
+    for eng in store.engines.values():   # a new database reuses table ids: the shared store's caches are by id
+        eng.forget_tables()
     app = create_app(settings, store=store)
     client = TestClient(app)
     client.__enter__()
