@@ -129,13 +129,8 @@ def _republish_if_orphaned(s: Session, settings: Settings, celery, job: Job) -> 
             log.warning("re-publish failed; the sweeper retries", extra={"job": job.id})
 
 
-def specialize(s: Session, store: SupernetStore, settings: Settings, celery, body: SpecializeRequest,
-               owner_key_id: int | None = None) -> tuple[Job, bool]:
-    """Returns (job, answered_now). answered_now: the result is in the job (cache or Pareto front)."""
-    if not body.constraints.as_dict():
-        raise ValidationFailed("constraints", "give at least one of latency_ms, macs, params, peak_memory_bytes")
-    if body.options.verify_top_k is not None and not body.verify:
-        raise ValidationFailed("options.verify_top_k", "verify_top_k applies to verified answers: send verify: true")
+def _target(s: Session, store: SupernetStore, body: SpecializeRequest):
+    """(device, latency table, engine) the request names, each checked: 404 / 422 / 503 naming what is wrong."""
     found = device_repo.with_current_table(s, body.device)
     if found is None:
         raise DeviceNotFound(body.device)
@@ -153,54 +148,47 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
     if not eng.search_ready:
         raise ServiceUnavailable(f"supernet {supernet!r} has no accuracy predictor; configure "
                                  f"OFA_PREDICTORS='{{\"{supernet}\": \"/path\"}}'", supernet=supernet)
-    sn_row = device.supernet            # checked above to be the requested supernet
-    eff = eng.efficiency(table.id, lambda: device_repo.load_entries(s, table.id))
-    minima = eng.minima(eff)
-    constraints = body.constraints.absolute(minima, lambda: eng.maxima(eff))
-    if any(minima[k] > within_limit(v) for k, v in constraints.items()):
-        raise infeasible(minima, constraints)
+    return device, table, eng
+
+
+def _job_request(body: SpecializeRequest, settings: Settings, eng: SupernetEngine, device, table,
+                 constraints: dict[str, float]) -> dict[str, Any]:
+    """The stored request: absolute constraints, the effective options, what the job hash covers."""
     options = {"population": body.options.population or settings.default_population,
                "generations": body.options.generations or settings.default_generations,
                "seed": body.options.seed if body.options.seed is not None else 0}
     if body.verify:    # measured by a worker: needs the supernet's calibration and evaluation images
         calibration.check_verifiable(eng)
         options["verify_top_k"] = body.options.verify_top_k or DEFAULT_VERIFY_TOP_K
-    request = {"supernet": supernet, "device": device.name, "constraints": constraints,
+    request = {"supernet": eng.spec.name, "device": device.name, "constraints": constraints,
                "accuracy_floor": body.accuracy_floor, "options": options, "batch_size": int(table.batch_size)}
     if body.verify:
         request["verify"] = True
     if body.constraints.relative():
         request["relative_constraints"] = body.constraints.relative()
-    h = request_hash({**request, "supernet_version": eng.version, "table_id": table.id,
-                      "pareto": bool(body.use_pareto)})
-    existing = repo.find_live(s, h)
-    if existing is not None:
-        _republish_if_orphaned(s, settings, celery, existing)
-        return existing, existing.status == "succeeded"
-    job = Job(id=uuid.uuid4().hex, owner_key_id=owner_key_id, supernet_id=sn_row.id, supernet_version=eng.version, device_id=device.id,
-              table_id=table.id, request_hash=h, request=request, status="queued", source="search",
-              supernet=sn_row, device=device, table=table)   # loaded already: job_out reads them without a query
-    points = eng.front_points(table.id, lambda: device_repo.front_for(s, sn_row.id, table.id, eng.version)) \
-        if body.use_pareto and not body.verify else None
-    point = front_answer(points, constraints, body.accuracy_floor) if points else None
-    calib_publish = False
-    if point is not None:
-        cfg = SubnetConfig.from_dict(eng.spec, point["config"])
-        sid = cfg.content_id()
-        metrics = {k: point[k] for k in METRICS}
-        subnet_repo.ensure(s, sid, sn_row.id, cfg.to_dict(), metrics)
-        job.status, job.source, job.progress, job.subnet_id = "succeeded", "pareto", 1.0, sid
-        job.result = subnet_result(sid, supernet, cfg.to_dict(), point["accuracy"], metrics)
-        calib, calib_publish = calibration.answer_fields(s, eng, settings, sid)   # measured, or pending
-        job.result.update(calib)
-        job.generation = options["generations"]
-        job.started_at = job.finished_at = utcnow()
-    elif body.accuracy_floor is not None:
-        try:
-            check_floor(eng, eff, constraints, body.accuracy_floor, options, settings)
-        except InfeasibleError as e:
-            raise infeasible(minima, constraints, e) from None
-    answered = point is not None
+    return request
+
+
+def _answer_from_front(s: Session, eng: SupernetEngine, settings: Settings, job: Job, point: dict[str, Any]
+                       ) -> bool:
+    """Fill `job` in as answered by a stored front point; True when its calibration still has to be published."""
+    cfg = SubnetConfig.from_dict(eng.spec, point["config"])
+    sid = cfg.content_id()
+    metrics = {k: point[k] for k in METRICS}
+    subnet_repo.ensure(s, sid, job.supernet_id, cfg.to_dict(), metrics)
+    job.status, job.source, job.progress, job.subnet_id = "succeeded", "pareto", 1.0, sid
+    job.result = subnet_result(sid, eng.spec.name, cfg.to_dict(), point["accuracy"], metrics)
+    calib, calib_publish = calibration.answer_fields(s, eng, settings, sid)   # measured, or pending
+    job.result.update(calib)
+    job.generation = job.request["options"]["generations"]
+    job.started_at = job.finished_at = utcnow()
+    return calib_publish
+
+
+def _commit_and_publish(s: Session, settings: Settings, celery, job: Job, answered: bool, calib_publish: bool
+                        ) -> tuple[Job, bool]:
+    """Store the job, then (only after the commit) hand it to a worker; a concurrent identical request that
+    committed first is answered with its job instead."""
     if not answered:
         Q.check_broker(celery)          # the broker failed moments ago: 503 now, no job row to undo
     try:
@@ -208,7 +196,7 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
         s.commit()
     except IntegrityError:  # a concurrent identical request won the race: answer with its job
         s.rollback()
-        existing = repo.find_live(s, h)
+        existing = repo.find_live(s, job.request_hash)
         if existing is None:
             raise
         return existing, existing.status == "succeeded"
@@ -224,6 +212,42 @@ def specialize(s: Session, store: SupernetStore, settings: Settings, celery, bod
             s.commit()
             raise
     return job, answered
+
+
+def specialize(s: Session, store: SupernetStore, settings: Settings, celery, body: SpecializeRequest,
+               owner_key_id: int | None = None) -> tuple[Job, bool]:
+    """Returns (job, answered_now). answered_now: the result is in the job (cache or Pareto front)."""
+    if not body.constraints.as_dict():
+        raise ValidationFailed("constraints", "give at least one of latency_ms, macs, params, peak_memory_bytes")
+    if body.options.verify_top_k is not None and not body.verify:
+        raise ValidationFailed("options.verify_top_k", "verify_top_k applies to verified answers: send verify: true")
+    device, table, eng = _target(s, store, body)
+    sn_row = device.supernet            # checked to be the requested supernet
+    eff = eng.efficiency(table.id, lambda: device_repo.load_entries(s, table.id))
+    minima = eng.minima(eff)
+    constraints = body.constraints.absolute(minima, lambda: eng.maxima(eff))
+    if any(minima[k] > within_limit(v) for k, v in constraints.items()):
+        raise infeasible(minima, constraints)
+    request = _job_request(body, settings, eng, device, table, constraints)
+    h = request_hash({**request, "supernet_version": eng.version, "table_id": table.id,
+                      "pareto": bool(body.use_pareto)})
+    existing = repo.find_live(s, h)
+    if existing is not None:
+        _republish_if_orphaned(s, settings, celery, existing)
+        return existing, existing.status == "succeeded"
+    job = Job(id=uuid.uuid4().hex, owner_key_id=owner_key_id, supernet_id=sn_row.id, supernet_version=eng.version,
+              device_id=device.id, table_id=table.id, request_hash=h, request=request, status="queued",
+              source="search", supernet=sn_row, device=device, table=table)   # job_out reads them without a query
+    points = eng.front_points(table.id, lambda: device_repo.front_for(s, sn_row.id, table.id, eng.version)) \
+        if body.use_pareto and not body.verify else None
+    point = front_answer(points, constraints, body.accuracy_floor) if points else None
+    calib_publish = _answer_from_front(s, eng, settings, job, point) if point is not None else False
+    if point is None and body.accuracy_floor is not None:
+        try:
+            check_floor(eng, eff, constraints, body.accuracy_floor, request["options"], settings)
+        except InfeasibleError as e:
+            raise infeasible(minima, constraints, e) from None
+    return _commit_and_publish(s, settings, celery, job, point is not None, calib_publish)
 
 
 def list_jobs(s: Session, offset: int, limit: int, status: str | None, device: str | None) -> tuple[list[Job], int]:
