@@ -25,12 +25,26 @@ PARTS = {"model": ("state_dict", "state", "config", "spec", "torch_rng"), "optim
          "teacher": ("teacher",)}     # kept as separate files, each well under the repository's 15 MB a file
 
 
+def _optimizer_state(opt: dict, dtype: torch.dtype) -> dict:
+    """The optimizer state dict with its float32 buffers (SGD momentum) cast to `dtype` (the rest as is)."""
+    cast = lambda v: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v  # noqa: E731
+    return {**opt, "state": {i: {k: cast(v) for k, v in st.items()} for i, st in opt.get("state", {}).items()}}
+
+
 def split_checkpoint(path: str, out_dir: str) -> list[str]:
-    """Write the checkpoint at `path` as `last.<part>.pt` files in `out_dir` (tensors and plain values only)."""
+    """Write the checkpoint at `path` as `last.<part>.pt` files in `out_dir` (tensors and plain values only).
+
+    Weights (model, teacher) stay float32; the optimizer's momentum is kept as bfloat16, which keeps the three
+    parts under the 25 MB the repository allows a run once the teacher exists (the distillation phases). A run
+    restored from these parts therefore resumes with its momentum rounded to bfloat16 (the run directory's own
+    last.pt resumes exactly)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
+    if "optimizer" in payload:
+        payload["optimizer"] = _optimizer_state(payload["optimizer"], torch.bfloat16)
+        payload["optimizer_kept_as"] = "bfloat16"
     names = []
     for part, keys in PARTS.items():
-        sub = {k: payload[k] for k in keys if k in payload}
+        sub = {k: payload[k] for k in keys + (("optimizer_kept_as",) if part == "optimizer" else ()) if k in payload}
         if not sub:
             continue
         dst = os.path.join(out_dir, f"last.{part}.pt")
@@ -49,6 +63,8 @@ def join_checkpoint(kept_dir: str, run_dir: str) -> str:
             payload.update(torch.load(src, map_location="cpu", weights_only=True))
     if "state_dict" not in payload:
         raise SystemExit(f"{kept_dir}: no last.model.pt to restore from")
+    if payload.pop("optimizer_kept_as", None) == "bfloat16":
+        payload["optimizer"] = _optimizer_state(payload["optimizer"], torch.float32)
     os.makedirs(run_dir, exist_ok=True)
     dst = os.path.join(run_dir, "last.pt")
     torch.save(payload, dst + ".tmp")
@@ -75,7 +91,8 @@ def status_markdown(st: dict) -> str:
          f"- resume: `{st['resume_command']}`",
          f"- if `{st['run_dir']}` is gone (a new machine): `python -m ofa_core.run_status --restore "
          f"runs/{st['supernet']} --run {st['run_dir']}` first (rebuilds last.pt from the `last.*.pt` parts kept "
-         "here), then the command above", "",
+         "here; the optimizer's momentum is kept as bfloat16 to stay under 25 MB, so that resume is exact but for "
+         "its rounding), then the command above", "",
          f"Test accuracy ({st['test_images']} CIFAR-10 test images, BN recalibrated on {st['bn_images']} training "
          "images, no fine-tuning):", "", "| sub-network | test accuracy |", "|---|---|"]
     L += [f"| {k} | {100 * v:.2f}% |" for k, v in st["test_acc"].items()]

@@ -189,4 +189,10 @@ def test_kept_checkpoint_parts_rebuild_the_checkpoint(tmp_path):
     assert back.keys() == payload.keys() and back["state"] == payload["state"]
     for k, v in payload["state_dict"].items():
         assert torch.equal(back["state_dict"][k], v)
-    assert torch.equal(back["optimizer"]["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
+    mom = opt.state_dict()["state"][0]["momentum_buffer"]
+    got = back["optimizer"]["state"][0]["momentum_buffer"]        # kept as bfloat16, restored as float32
+    assert got.dtype == torch.float32 and torch.equal(got, mom.to(torch.bfloat16).float()) and not torch.equal(got, mom)
+    assert back["optimizer"]["param_groups"] == opt.state_dict()["param_groups"]
+    opt.load_state_dict(back["optimizer"])                        # loads as an optimizer state
+    sizes = {os.path.basename(p): os.path.getsize(p) for p in parts}
+    assert sizes["last.optimizer.pt"] < 0.6 * sizes["last.model.pt"]
