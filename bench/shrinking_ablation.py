@@ -8,8 +8,9 @@ table and writes JSON. Reports whatever it finds.
     python bench/shrinking_ablation.py --data ../shared/data/cifar10/cifar10-jpeg.tar.gz --out runs/ablation \
         --from /var/tmp/ofa-runs/ofa_mbv3_cifar10/after_full.pt --scale 0.25
 
-`--from` is a checkpoint whose full phase is done (a run keeps one as `after_full.pt`); without it the full
-phase is trained here first (one run, shared by both arms).
+`--from` is a checkpoint whose full phase is done (a run keeps one as `after_full.pt`; a later phase's last.pt
+serves too: its teacher is the full phase's network); without it the full phase is trained here first (one run,
+shared by both arms).
 """
 from __future__ import annotations
 
@@ -49,7 +50,9 @@ def teacher_net(spec, args, train, hold):
         payload = torch.load(args.start, map_location="cpu", weights_only=True)
         if payload.get("state", {}).get("phase", 0) < 1:
             raise SystemExit(f"{args.start}: its full phase is not finished (phase {payload['state']['phase']})")
-        net.load_state_dict(payload["state_dict"])
+        # a later phase's checkpoint carries the full phase's network as its teacher (the committed run's
+        # last.pt, restored with run_status --restore, serves where after_full.pt is gone)
+        net.load_state_dict(payload["teacher"] if payload.get("teacher") else payload["state_dict"])
         return net
     full = cifar_phases(spec, args.scale, args.lr)[:1]
     cfg = TrainConfig(phases=full, batch_size=args.batch_size, seed=args.seed, threads=args.threads,
