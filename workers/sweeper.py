@@ -22,6 +22,7 @@ import signal
 import threading
 import time
 
+from service.devices import repository as device_repo
 from service.jobs import queue as Q
 from service.jobs import repository as job_repo
 
@@ -69,7 +70,6 @@ def sweep_fronts(db, celery, settings, published: dict, now: float | None = None
     """Request the Pareto front of every current table that has none of its supernet's version (its publish was
     lost, or new weights / a new predictor made the stored one stale); `published` remembers what this process
     asked for and when, so that a front being computed is not asked for again within FRONT_REPUBLISH_S."""
-    from service.devices import repository as device_repo
     now = time.monotonic() if now is None else now
     with db.session() as s:
         missing = device_repo.fronts_missing(s)

@@ -30,6 +30,16 @@ def _start_sweeper(sender=None, **_):
     """Every worker's main process runs the sweeper (workers/sweeper.py) and, when started by `ofa serve`
     (OFA_PARENT_PID), stops itself if that parent is gone."""
     global _sweeper
+    # every module a task imports, imported here in the main thread before the sweeper thread starts: two
+    # threads importing the same modules in different orders can see a partially initialised one (ImportError)
+    import ofa_core.profiler  # noqa: F401
+    import service.calibration.service  # noqa: F401
+    import service.db.session  # noqa: F401
+    import service.devices.service  # noqa: F401
+    import service.engine.profile  # noqa: F401
+    import service.predictors.service  # noqa: F401
+    import workers.runner  # noqa: F401
+    import workers.verify  # noqa: F401
     from workers.sweeper import Sweeper
     parent = os.environ.get("OFA_PARENT_PID")
     _sweeper = Sweeper(get_settings(), celery_app, int(parent) if parent and parent.isdigit() else None).start()
