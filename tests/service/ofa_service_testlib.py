@@ -83,3 +83,13 @@ def wait_for_job(env, job_id: str, worker: subprocess.Popen, timeout: float = 12
             return job
         assert worker.poll() is None, worker.stderr.read().decode()[-3000:]
         time.sleep(0.2)
+
+
+def stop_worker(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop a worker started by a test: SIGTERM (a warm shutdown), SIGKILL if it is still there after `timeout`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)

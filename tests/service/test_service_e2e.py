@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import time
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ofa_service_testlib import start_worker, wait_for_job
+from ofa_service_testlib import start_worker, stop_worker, wait_for_job
 
 
 def _eval_inputs(path: str, pre: dict, r: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,11 +110,7 @@ def test_end_to_end_real_worker(backend, request, settings_factory, shared_store
                    .argmax(1) == y).sum().item() / len(y)
         assert acc == pres["measured_accuracy"]
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_worker(worker)
         env.client.__exit__(None, None, None)
         if backend == "postgres":
             from sqlalchemy import text

@@ -97,7 +97,7 @@ def test_train_predictor_with_a_real_worker(env, tmp_path):
     import subprocess
     import sys
     import time
-    from ofa_service_testlib import ROOT
+    from ofa_service_testlib import ROOT, stop_worker
     from ofa_core.predictor import AccuracyPredictor
     spec, enc, rows = _rows(200, seed=3)
     log = open(tmp_path / "worker.log", "wb")
@@ -113,12 +113,7 @@ def test_train_predictor_with_a_real_worker(env, tmp_path):
             assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
             time.sleep(0.5)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_worker(proc, timeout=30)
     assert t["status"] == "succeeded", t
     m = t["result"]
     assert m["n_val"] == 40 and 0 < m["val_rmse_pp"] < 3.0 and m["val_kendall_tau"] > 0.3
