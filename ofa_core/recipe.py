@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
     state = trainer.run(resume=True)
     timings["training_s"] = round(state["elapsed_s"], 1)
     net = trainer.net.cpu().eval()
-    phase_log = [json.loads(line) for line in open(os.path.join(a.run, "log.jsonl"))]
+    phase_log = [r for r in map(json.loads, open(os.path.join(a.run, "log.jsonl"))) if r.get("event") == "phase_end"]
 
     # 2. predictor data set on the hold-out split
     data_path = os.path.join(a.run, "predictor_data.jsonl")
@@ -163,7 +163,11 @@ def model_card(rep: dict) -> str:
          "|---|---|---|---|---|---|---|"]
     for ph, log in zip(rep["train_config"]["phases"], rep["phase_log"][-len(rep["train_config"]["phases"]):]):
         L.append(f"| {ph['name']} | {ph['epochs']:g} | {ph['lr']:g} | {ph['n_subnets']} | "
-                 f"{pct(log['acc_largest'])} | {pct(log['acc_smallest'])} | {log['elapsed_s']} |")
+                 f"{pct(log['acc_largest'])} | {pct(log['acc_smallest'])} | "
+                 f"{'not kept' if log['elapsed_s'] is None else log['elapsed_s']} |")
+    if any(log.get("reconstructed") for log in rep["phase_log"]):
+        L += ["", "Some phase-end rows were rebuilt from the figures recorded when the phase ended (the run directory "
+              "was lost with its machine; the checkpoint parts under `runs/` carried the run on)."]
     L += ["", f"Batch {rep['train_config']['batch_size']}, SGD nesterov momentum 0.9, wd "
           f"{rep['train_config']['weight_decay']} (none on BN/bias), cosine lr per phase, label smoothing "
           f"{rep['train_config']['label_smoothing']}, KD ratio {rep['train_config']['kd_ratio']} from the full "

@@ -21,12 +21,19 @@ from .recipe import probe_configs, sha256_file
 from .spec import get_spec
 from .training import Phase, ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet
 
+TEXT_FILES = ("log.jsonl", "predictor_data.jsonl")   # the run's own records, kept beside the checkpoint parts
 PARTS = {"model": ("state_dict", "state", "config", "spec", "torch_rng"), "optimizer": ("optimizer",),
          "teacher": ("teacher",)}     # kept as separate files, each well under the repository's 15 MB a file
 
 
 def _optimizer_state(opt: dict, dtype: torch.dtype) -> dict:
-    """The optimizer state dict with its float32 buffers (SGD momentum) cast to `dtype` (the rest as is)."""
+    """The optimizer state dict with its float32 buffers (SGD momentum) cast to `dtype` (the rest as is).
+
+    An empty state (a checkpoint saved at a phase boundary, where the next phase starts a fresh optimizer) stays
+    empty, so that resuming from it does not try to load a state without param_groups (parts kept by an earlier
+    version held `{'state': {}}` there: read as empty too)."""
+    if "param_groups" not in opt:
+        return {}
     cast = lambda v: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v  # noqa: E731
     return {**opt, "state": {i: {k: cast(v) for k, v in st.items()} for i, st in opt.get("state", {}).items()}}
 
@@ -54,8 +61,21 @@ def split_checkpoint(path: str, out_dir: str) -> list[str]:
     return names
 
 
+def keep_text_files(run_dir: str, kept_dir: str) -> list[str]:
+    """Copy the run's JSONL records (phase log, predictor data measured so far) into `kept_dir`."""
+    out = []
+    for name in TEXT_FILES:
+        src = os.path.join(run_dir, name)
+        if os.path.exists(src):
+            shutil.copyfile(src, os.path.join(kept_dir, name + ".tmp"))
+            os.replace(os.path.join(kept_dir, name + ".tmp"), os.path.join(kept_dir, name))
+            out.append(name)
+    return out
+
+
 def join_checkpoint(kept_dir: str, run_dir: str) -> str:
-    """Rebuild `run_dir/last.pt` from the `last.<part>.pt` files in `kept_dir` (the inverse of split)."""
+    """Rebuild `run_dir/last.pt` from the `last.<part>.pt` files in `kept_dir` (the inverse of split), with the
+    kept JSONL records (never over ones the run directory already has)."""
     payload = {}
     for part in PARTS:
         src = os.path.join(kept_dir, f"last.{part}.pt")
@@ -66,6 +86,9 @@ def join_checkpoint(kept_dir: str, run_dir: str) -> str:
     if payload.pop("optimizer_kept_as", None) == "bfloat16":
         payload["optimizer"] = _optimizer_state(payload["optimizer"], torch.float32)
     os.makedirs(run_dir, exist_ok=True)
+    for name in TEXT_FILES:
+        if os.path.exists(os.path.join(kept_dir, name)) and not os.path.exists(os.path.join(run_dir, name)):
+            shutil.copyfile(os.path.join(kept_dir, name), os.path.join(run_dir, name))
     dst = os.path.join(run_dir, "last.pt")
     torch.save(payload, dst + ".tmp")
     os.replace(dst + ".tmp", dst)
@@ -146,7 +169,7 @@ def main(argv=None) -> dict:
           "test_images": len(splits["test"]), "bn_images": a.bn_images,
           "test_acc": measure(trainer, train, splits["test"], a.bn_images)}
     if a.keep:
-        st["kept"] = [os.path.basename(f) for f in split_checkpoint(snapshot, a.out)]
+        st["kept"] = [os.path.basename(f) for f in split_checkpoint(snapshot, a.out)] + keep_text_files(a.run, a.out)
     os.remove(snapshot)
     with open(os.path.join(a.out, "status.json"), "w") as fh:
         json.dump(st, fh, indent=2)

@@ -196,3 +196,23 @@ def test_kept_checkpoint_parts_rebuild_the_checkpoint(tmp_path):
     opt.load_state_dict(back["optimizer"])                        # loads as an optimizer state
     sizes = {os.path.basename(p): os.path.getsize(p) for p in parts}
     assert sizes["last.optimizer.pt"] < 0.6 * sizes["last.model.pt"]
+
+
+def test_kept_checkpoint_at_a_phase_boundary_resumes_with_a_fresh_optimizer(tmp_path):
+    """A run kept between phases has no optimizer state; its parts must rebuild to an empty one (not {'state': {}}),
+    and the run's phase log travels with the parts."""
+    from ofa_core.run_status import join_checkpoint, keep_text_files, split_checkpoint
+    net = build_supernet(SPEC, seed=0)
+    payload = {"state_dict": net.state_dict(), "state": {"phase": 2, "step": 0}, "optimizer": {},
+               "teacher": {}, "config": "{}", "spec": SPEC.name, "torch_rng": torch.get_rng_state()}
+    torch.save(payload, tmp_path / "last.pt")
+    split_checkpoint(str(tmp_path / "last.pt"), str(tmp_path))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "log.jsonl").write_text('{"event": "phase_end", "phase": "full"}\n')
+    assert keep_text_files(str(tmp_path / "src"), str(tmp_path)) == ["log.jsonl"]
+    back = torch.load(join_checkpoint(str(tmp_path), str(tmp_path / "run")), weights_only=True)
+    assert back["optimizer"] == {} and back["state"] == payload["state"]
+    assert (tmp_path / "run" / "log.jsonl").read_text() == '{"event": "phase_end", "phase": "full"}\n'
+    (tmp_path / "run" / "log.jsonl").write_text("newer\n")            # a run directory's own record wins
+    join_checkpoint(str(tmp_path), str(tmp_path / "run"))
+    assert (tmp_path / "run" / "log.jsonl").read_text() == "newer\n"
