@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import time
 
 import torch
@@ -22,7 +23,7 @@ from safetensors.torch import save_file
 
 from .data import holdout_split, load_dataset
 from .profiler import host_environment
-from .predictor import build_predictor_dataset, train_predictor
+from .predictor import build_predictor_dataset, read_predictor_dataset, train_predictor
 from .spec import SubnetConfig, SupernetSpec, get_spec
 from .training import ProgressiveShrinkingTrainer, TrainConfig, cifar_phases, evaluate_subnet, \
     progressive_shrinking_phases
@@ -56,7 +57,7 @@ def save_supernet(net: torch.nn.Module, spec: SupernetSpec, path: str, extra: di
     os.replace(tmp, path)
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ofa_core.recipe", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--supernet", default="ofa_mbv3_cifar10")
@@ -73,11 +74,62 @@ def main(argv=None) -> dict:
     p.add_argument("--bn-images", type=int, default=2000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--interim", action="store_true",
+                   help="do not train or measure: build the artifacts from the finished training and the predictor "
+                        "rows measured so far (at least --min-rows); a later run without it measures the rest")
+    p.add_argument("--min-rows", type=int, default=200, help="with --interim: the fewest measured rows accepted")
     p.add_argument("--ablation-json", default=None, help="shrinking ablation results to include in the card")
     p.add_argument("--card-notes", default=None, help="a Markdown file appended to the model card (run notes)")
     p.add_argument("--cache-dir", default="data/cache")
     p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def train_supernet(a: argparse.Namespace, spec: SupernetSpec, train, hold) -> ProgressiveShrinkingTrainer:
+    """Step 1: progressive shrinking, resumed from the run directory (with --interim: loaded, never trained)."""
+    phases = (cifar_phases if a.schedule == "cifar" else progressive_shrinking_phases)(spec, a.scale, a.lr)
+    cfg = TrainConfig(phases=phases, batch_size=a.batch_size, weight_decay=a.weight_decay, seed=a.seed,
+                      threads=a.threads)
+    trainer = ProgressiveShrinkingTrainer(spec, cfg, train, hold, a.run, progress=not a.no_progress)
+    if a.interim:
+        trainer.try_resume()
+        if trainer.state["phase"] < len(phases):
+            raise SystemExit(f"--interim needs a finished training; {a.run} is in phase "
+                             f"{trainer.state['phase'] + 1} of {len(phases)}")
+    else:
+        trainer.run(resume=True)
+    return trainer
+
+
+def predictor_data(a: argparse.Namespace, spec: SupernetSpec, net, train, hold) -> tuple:
+    """Step 2: the sub-networks measured on the hold-out split (with --interim: the rows measured so far)."""
+    path = os.path.join(a.run, "predictor_data.jsonl")
+    if a.interim:
+        enc, acc = read_predictor_dataset(path, spec)
+        if len(acc) < a.min_rows:
+            raise SystemExit(f"--interim: {path} holds {len(acc)} measured sub-networks, fewer than --min-rows "
+                             f"{a.min_rows}")
+    else:
+        enc, acc = build_predictor_dataset(
+            net, spec, a.predictor_subnets, lambda n, c: evaluate_subnet(n, c, train, hold, a.bn_images), path,
+            rng=a.seed, resume=True, progress=not a.no_progress, stratified=True)
+    seconds = round(sum(json.loads(line)["seconds"] for line in open(path) if line.strip()), 1)
+    return enc, acc, path, seconds
+
+
+def measure_test_split(net, spec: SupernetSpec, train, test, bn_images: int) -> tuple[dict, dict]:
+    """Step 4: the largest, the smallest and the 8 probes on the test split (BN recalibrated, no fine-tuning)."""
+    r = max(spec.resolutions)
+    test_acc = {"largest": evaluate_subnet(net, spec.max_config(r), train, test, bn_images),
+                "smallest": evaluate_subnet(net, spec.min_config(min(spec.resolutions)), train, test, bn_images),
+                "smallest@max_r": evaluate_subnet(net, spec.min_config(r), train, test, bn_images)}
+    probes = {name: evaluate_subnet(net, c, train, test, bn_images) for name, c in probe_configs(spec, r)}
+    net.set_max()
+    return test_acc, probes
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
     torch.set_num_threads(a.threads)
     spec = get_spec(a.supernet)
     os.makedirs(a.assets, exist_ok=True)
@@ -86,52 +138,39 @@ def main(argv=None) -> dict:
     train, hold = holdout_split(splits["train"], a.holdout, seed=a.seed)
     test = splits["test"]
 
-    # 1. training (resumes from the run directory)
-    phases = (cifar_phases if a.schedule == "cifar" else progressive_shrinking_phases)(spec, a.scale, a.lr)
-    cfg = TrainConfig(phases=phases, batch_size=a.batch_size, weight_decay=a.weight_decay, seed=a.seed,
-                      threads=a.threads)
-    trainer = ProgressiveShrinkingTrainer(spec, cfg, train, hold, a.run, progress=not a.no_progress)
-    state = trainer.run(resume=True)
-    timings["training_s"] = round(state["elapsed_s"], 1)
+    trainer = train_supernet(a, spec, train, hold)
+    timings["training_s"] = round(trainer.state["elapsed_s"], 1)
     net = trainer.net.cpu().eval()
     phase_log = [r for r in map(json.loads, open(os.path.join(a.run, "log.jsonl"))) if r.get("event") == "phase_end"]
 
-    # 2. predictor data set on the hold-out split
-    data_path = os.path.join(a.run, "predictor_data.jsonl")
-    enc, acc = build_predictor_dataset(
-        net, spec, a.predictor_subnets, lambda n, c: evaluate_subnet(n, c, train, hold, a.bn_images), data_path,
-        rng=a.seed, resume=True, progress=not a.no_progress, stratified=True)
-    timings["predictor_data_s"] = round(sum(json.loads(l)["seconds"] for l in open(data_path)), 1)
+    enc, acc, data_path, timings["predictor_data_s"] = predictor_data(a, spec, net, train, hold)
 
-    # 3. predictor
-    t = time.time()
+    t = time.time()                                     # 3. the predictor
     predictor, metrics = train_predictor(enc, acc, spec, encoding="onehot", val_fraction=0.2, epochs=500,
                                          batch_size=256, seed=a.seed)
     timings["predictor_train_s"] = round(time.time() - t, 1)
 
-    # 4. test-set accuracy (BN recalibrated on training images, no per-sub-network fine-tuning)
     t = time.time()
-    r = max(spec.resolutions)
-    test_acc = {"largest": evaluate_subnet(net, spec.max_config(r), train, test, a.bn_images),
-                "smallest": evaluate_subnet(net, spec.min_config(min(spec.resolutions)), train, test, a.bn_images),
-                "smallest@max_r": evaluate_subnet(net, spec.min_config(r), train, test, a.bn_images)}
-    probes = {name: evaluate_subnet(net, c, train, test, a.bn_images) for name, c in probe_configs(spec, r)}
+    test_acc, probes = measure_test_split(net, spec, train, test, a.bn_images)
     timings["test_eval_s"] = round(time.time() - t, 1)
-    net.set_max()
 
-    # 5. artifacts
+    # 5. artifacts: weights, predictor and its data set
     weights = os.path.join(a.assets, f"{spec.name}.safetensors")
     pred_path = os.path.join(a.assets, f"{spec.name}_predictor.safetensors")
+    data_copy = os.path.join(a.assets, f"{spec.name}_predictor_data.jsonl")
     save_supernet(net, spec, weights, {"test_acc": test_acc, "recipe": "progressive shrinking"})
     predictor.save(pred_path)
+    shutil.copyfile(data_path, data_copy + ".tmp")
+    os.replace(data_copy + ".tmp", data_copy)
     report = {"supernet": spec.name, "spec": spec.to_dict(), "train_images": len(train), "holdout_images": len(hold),
-              "test_images": len(test), "train_config": cfg.to_json(), "phase_log": phase_log,
+              "test_images": len(test), "train_config": trainer.cfg.to_json(), "phase_log": phase_log,
               "test_acc": test_acc, "probe_test_acc": probes, "predictor_metrics": metrics,
-              "predictor_subnets": int(len(acc)), "timings": timings,
+              "predictor_subnets": int(len(acc)), "predictor_subnets_planned": a.predictor_subnets,
+              "interim": a.interim, "timings": timings,
               "machine": {"cpu": host_environment(a.threads)["cpu_model"], "threads": a.threads, "torch": torch.__version__,
                           "python": platform.python_version()},
               "files": {os.path.basename(pth): {"sha256": sha256_file(pth), "bytes": os.path.getsize(pth)}
-                        for pth in (weights, pred_path)}}
+                        for pth in (weights, pred_path, data_copy)}}
     if a.ablation_json and os.path.exists(a.ablation_json):
         report["ablation"] = json.load(open(a.ablation_json))
     if a.card_notes:
@@ -190,7 +229,13 @@ def model_card(rep: dict) -> str:
           f"MLP {m.get('encoding')} encoding, trained on {m['n_train']} and validated on {m['n_val']} of "
           f"{rep['predictor_subnets']} sub-networks measured on the hold-out split: held-out RMSE "
           f"**{m['val_rmse_pp']:.3f} pp**, Kendall tau **{m['val_kendall_tau']:.3f}** (train RMSE "
-          f"{m['train_rmse_pp']:.3f} pp, tau {m['train_kendall_tau']:.3f}).", ""]
+          f"{m['train_rmse_pp']:.3f} pp, tau {m['train_kendall_tau']:.3f}). The data set (each row a sub-network's "
+          f"config, its measured accuracy and the seconds it took) is `{rep['supernet']}_predictor_data.jsonl`; "
+          "`ofa_core.predictor.read_predictor_dataset` reads it and `train_predictor` retrains from it.", ""]
+    if rep.get("interim"):
+        L += [f"**Interim predictor**: trained on the {rep['predictor_subnets']} sub-networks measured so far of the "
+              f"{rep['predictor_subnets_planned']} the recipe samples (stratified over the size range, drawn up "
+              "front); running the recipe again measures the rest and retrains it.", ""]
     if "ablation" in rep:
         ab = rep["ablation"]
         L += ["## Does progressive shrinking help? (small-scale ablation)", "",

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from ofa_core import recipe
@@ -32,6 +33,9 @@ def test_recipe_end_to_end_on_tiny_data(tmp_path):
     assert rep["files"][w.name]["sha256"] in card and rep["files"][p.name]["sha256"] in card
     assert rep["predictor_subnets"] == 12
     assert len([l for l in open(tmp_path / "run" / "predictor_data.jsonl")]) == 12
+    shipped = assets / f"{TINY_R.name}_predictor_data.jsonl"           # the data set ships beside the predictor
+    assert shipped.read_text() == (tmp_path / "run" / "predictor_data.jsonl").read_text()
+    assert rep["files"][shipped.name]["sha256"] in card and shipped.name in card
     assert set(rep["probe_test_acc"]) == {f"d{d}-e{e}-k{k}" for d in (2, 4) for e in (3, 6) for k in (3, 7)}
     assert 0 <= rep["test_acc"]["largest"] <= 1 and "Kendall tau" in card
     # the committed weights load strictly into a fresh supernet and reproduce the trained network
@@ -47,3 +51,27 @@ def test_recipe_end_to_end_on_tiny_data(tmp_path):
                        "--cache-dir", str(tmp_path / "cache")])
     assert rep2["timings"]["training_s"] == rep["timings"]["training_s"]
     assert len([l for l in open(tmp_path / "run" / "predictor_data.jsonl")]) == 12
+
+
+def test_interim_assets_from_the_rows_measured_so_far(tmp_path):
+    """--interim trains nothing and measures nothing: it ships the finished training with a predictor trained on
+    the rows measured so far, says so in the card, and refuses an unfinished training or too few rows."""
+    torch.set_num_threads(1)
+    root = make_images(str(tmp_path / "ds"), n_per_class=14)
+    run, assets = tmp_path / "run", tmp_path / "assets"
+    common = ["--data", root, "--supernet", TINY_R.name, "--run", str(run), "--assets", str(assets),
+              "--scale", "0.02", "--batch-size", "6", "--holdout", "6", "--threads", "1", "--bn-images", "12",
+              "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit, match="needs a finished training"):
+        recipe.main(common + ["--interim"])
+    recipe.main(common + ["--predictor-subnets", "12"])
+    rows = (run / "predictor_data.jsonl").read_text().splitlines()
+    (run / "predictor_data.jsonl").write_text("\n".join(rows[:9]) + "\n")     # as if stopped after 9 of 12
+    with pytest.raises(SystemExit, match="holds 9 measured sub-networks, fewer than --min-rows 10"):
+        recipe.main(common + ["--predictor-subnets", "12", "--interim", "--min-rows", "10"])
+    rep = recipe.main(common + ["--predictor-subnets", "12", "--interim", "--min-rows", "8"])
+    assert rep["interim"] and rep["predictor_subnets"] == 9 and rep["predictor_subnets_planned"] == 12
+    assert len((run / "predictor_data.jsonl").read_text().splitlines()) == 9           # nothing measured
+    assert "Interim predictor" in (assets / "MODEL_CARD.md").read_text()
+    assert AccuracyPredictor.load(str(assets / f"{TINY_R.name}_predictor.safetensors"), spec=TINY_R).metrics["n_train"] + \
+        AccuracyPredictor.load(str(assets / f"{TINY_R.name}_predictor.safetensors"), spec=TINY_R).metrics["n_val"] == 9
