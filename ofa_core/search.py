@@ -362,6 +362,7 @@ class _ChildPlan:
 
 
 _MAX_BLOCK = 8                   # most generations whose children are made and predicted together
+_PLAN_CHUNK = 50                 # generations one child plan covers (after the first, short one)
 
 
 class _Problem:
@@ -598,6 +599,293 @@ def _check_feasible(spec, predictor, efficiency: Efficiency, cons: Constraints, 
     return seeds
 
 
+@dataclass(frozen=True)
+class _Knobs:
+    """The evolution's settings (see `evolutionary_search`)."""
+    population_size: int
+    generations: int
+    parent_ratio: float
+    mutation_ratio: float
+    mutate_prob: float
+    resolution_mutate_prob: float
+    oversample: int
+    max_attempts: int
+    polish_steps: int
+    dedup_parents: bool
+    init_pool: int
+
+    @property
+    def n_par(self) -> int:
+        return max(1, int(round(self.parent_ratio * self.population_size)))
+
+    @property
+    def n_mut(self) -> int:
+        return int(round(self.mutation_ratio * self.population_size))
+
+    @property
+    def n_cross(self) -> int:
+        return self.population_size - self.n_mut
+
+
+def _objective_for(cons: Constraints, efficiency: Efficiency, objective: str | None) -> str:
+    """'accuracy' (maximised) without an accuracy floor; with one, the metric to minimise (default: latency if
+    available, else the first constrained metric)."""
+    if cons.min_accuracy is None:
+        return "accuracy"
+    objective = objective or ("latency_ms" if "latency_ms" in efficiency.fns else
+                              (next(iter(cons.limits()), None) or (efficiency.names or [None])[0]))
+    if objective is None:
+        raise ValueError("an accuracy floor needs an efficiency metric to minimise")
+    if objective not in efficiency.fns:
+        raise ValueError(f"objective {objective!r} is not an available metric ({efficiency.names})")
+    return objective
+
+
+def _seed_configs(spec, predictor, efficiency: Efficiency, cons: Constraints, space: _Space, knobs: _Knobs,
+                  rng: np.random.Generator, resolutions, init, should_stop, check: bool) -> list[np.ndarray]:
+    """Known-feasible configs that join the initial population: the cheapest config of each constraint, `init`,
+    and, under an accuracy floor, the result of a short accuracy-maximising search under the other limits, whose
+    predicted accuracy either proves the floor reachable or is reported in `InfeasibleError`."""
+    seeds = _check_feasible(spec, predictor, efficiency, cons, space, 0) if check else []
+    if init is not None and len(init):
+        seeds += list(np.asarray(init, dtype=np.int32).reshape(-1, spec.enc_width))
+    if cons.min_accuracy is not None and check:
+        pre = evolutionary_search(spec, predictor, efficiency, Constraints(**cons.limits()),
+                                  population_size=min(knobs.population_size, 100),
+                                  generations=min(knobs.generations, 60), parent_ratio=knobs.parent_ratio,
+                                  mutation_ratio=knobs.mutation_ratio, mutate_prob=knobs.mutate_prob,
+                                  resolution_mutate_prob=knobs.resolution_mutate_prob, resolutions=resolutions,
+                                  seed=rng, oversample=knobs.oversample, max_attempts=knobs.max_attempts,
+                                  polish_steps=knobs.polish_steps, should_stop=should_stop, _check=False)
+        if pre.predicted_acc < cons.min_accuracy:
+            raise InfeasibleError({"min_accuracy": pre.predicted_acc}, cons.to_dict())
+        seeds.append(pre.enc)
+    return seeds
+
+
+def _initial_population(problem: _Problem, space: _Space, knobs: _Knobs, rng: np.random.Generator,
+                        seeds: list[np.ndarray], cons: Constraints) -> _Pop:
+    """Half uniform (as published), half leaning small, plus the feasible seeds (with init_pool > 1: the best
+    population_size of init_pool * population_size feasible samples), topped up by mutation (bounded)."""
+    n, over, attempts = knobs.population_size, knobs.oversample, knobs.max_attempts
+    pop, _ = _feasible_batch(problem, lambda m: np.concatenate([space.sample(m // 2, rng),
+                                                                space.sample(m - m // 2, rng, skew=True)]),
+                             n * max(1, knobs.init_pool), over, attempts)
+    if pop is not None and len(pop) > n:
+        pop = pop.take(np.argsort(-pop.fit, kind="stable")[:n])
+    if seeds:
+        s_enc = np.stack(seeds).astype(np.int32)
+        ok, metrics, acc, fit = problem.evaluate(s_enc)
+        if ok.any():
+            sp = _Pop(s_enc[ok], _take(metrics, ok), acc[ok], fit[ok])
+            pop = sp if pop is None else _Pop.cat([pop, sp])
+    if pop is None:
+        raise InfeasibleError({}, cons.to_dict(), "infeasible request: no sub-network satisfying all "
+                              f"constraints together was found in {attempts} rounds of sampling")
+    if len(pop) < n:
+        more, _ = _feasible_batch(problem, lambda m: space.mutate(pop.enc, m, rng, 0.3, 0.5), n - len(pop), over,
+                                  attempts)
+        if more is not None:
+            pop = _Pop.cat([pop, more])
+    return pop
+
+
+class _ParentPicker:
+    """The `n_par` fittest parents, distinct by predictor-cache id (duplicates add nothing and cost diversity);
+    duplicates fill up, best first, only when too few are distinct. Scratch arrays are kept between generations."""
+
+    def __init__(self, n_par: int, population_size: int, dedup: bool):
+        self.n_par, self.dedup = n_par, dedup
+        self.stamp = np.zeros(0, dtype=np.intp)
+        self.rank = np.arange(4 * population_size + 4 * n_par, dtype=np.intp)
+
+    def pick(self, fit: np.ndarray, ids: np.ndarray, n_ids: int) -> tuple[np.ndarray, bool]:
+        """(indices of the parents, whether they are all distinct)."""
+        order = np.argsort(-fit, kind="stable")
+        if not self.dedup:
+            return order[:self.n_par], True
+        s_ids = ids[order]
+        if len(self.stamp) < n_ids:
+            self.stamp = np.zeros(2 * n_ids, dtype=np.intp)
+        if len(self.rank) < len(s_ids):
+            self.rank = np.arange(2 * len(s_ids), dtype=np.intp)
+        pos = self.rank[:len(s_ids)]
+        self.stamp[s_ids[::-1]] = pos[::-1]  # the last write wins: each id's first position in s_ids
+        first = self.stamp[s_ids] == pos
+        sel = order[first][:self.n_par]
+        if len(sel) < self.n_par:
+            return np.concatenate([sel, order[~first]])[:self.n_par], False
+        return sel, True
+
+
+@dataclass
+class _Brood:
+    """The children made for up to `L` generations from the same parents (`n_ok`: feasible mutants and
+    crossovers per generation; `made`: generations made before a short one cut the block)."""
+    enc: np.ndarray
+    codes: np.ndarray
+    metrics: dict[str, np.ndarray]
+    n_ok: np.ndarray
+    L: int
+    made: int
+
+
+class _Evolution:
+    """The generations of one search, from an initial population to the final one.
+
+    Children: mutants + crossovers from a `_ChildPlan`, rejection-sampled against the limits (the plan is sized by
+    the share that was feasible lately). The parents stay the same from one generation to the next unless a child
+    beats the last of them (late in a search, in >90% of generations), and the plan does not depend on the parents,
+    so the children of up to `block` generations are made, checked and predicted together; the generations after
+    the first one that changes the parents are dropped (their predictions stay cached) and redone from the new
+    parents. The result is that of one generation at a time."""
+
+    def __init__(self, problem: _Problem, space: _Space, knobs: _Knobs, rng: np.random.Generator, pop: _Pop,
+                 progress: Callable[[int, float, float], None] | None):
+        self.problem, self.space, self.k, self.rng, self.progress = problem, space, knobs, rng, progress
+        self.enc, self.acc, self.fit, self.mets = pop.enc.astype(np.int32), pop.acc, pop.fit, pop.metrics
+        self.ids, _ = problem.lookup(self.enc)
+        self.rate = [1.0 / max(knobs.oversample, 1)] * 2     # running feasible share of mutants / crossovers
+        self.plan, self.plan_start, self.plan_gens, self.lim = None, 0, 0, None
+        self.block = 1                                      # generations evaluated together
+        self.picker = _ParentPicker(knobs.n_par, knobs.population_size, knobs.dedup_parents)
+        self.history: list[float] = []
+
+    def run(self, should_stop) -> _Pop:
+        gen = 0
+        while gen < self.k.generations:
+            if _stop_requested(should_stop):
+                raise SearchCancelled(gen)
+            sel, distinct = self.picker.pick(self.fit, self.ids, self.problem.n_ids)
+            par = _Pop(self.enc[sel], {k: v[sel] for k, v in self.mets.items()}, self.acc[sel], self.fit[sel])
+            p_ids = self.ids[sel]
+            epoch = self.problem.epoch      # the parents' ids stay valid unless the cache is reset
+            self._ensure_plan(gen)
+            brood = self._breed(par, gen, distinct)
+            if self.problem.make_room(len(par) + len(brood.enc)) or self.problem.epoch != epoch:
+                both, k_acc = self.problem.lookup(np.concatenate([par.enc, brood.enc]))   # the cache is reset:
+                p_ids, k_ids, k_acc = both[:len(par)], both[len(par):], k_acc[len(par):]  # everyone gets new ids
+            else:
+                k_ids, k_acc = self.problem.lookup(brood.enc, brood.codes)  # one predictor call for all children
+            gen += self._advance(gen, par, p_ids, brood, k_ids, k_acc)
+        return _Pop(self.enc, self.mets, self.acc, self.fit)
+
+    def _ensure_plan(self, gen: int) -> None:
+        if self.plan is not None and gen - self.plan_start < self.plan_gens:
+            return
+        k = self.k
+        ks_ = [min(n * k.oversample, max(n, math.ceil((n + 2 * math.sqrt(n)) / max(r_, 1e-3))))
+               for n, r_ in ((k.n_mut, self.rate[0]), (k.n_cross, self.rate[1]))]
+        # the first plan is short: the feasible shares it measures size the later ones
+        self.plan_start, self.plan_gens = gen, min(_PLAN_CHUNK if gen else 5, k.generations - gen)
+        self.plan = _ChildPlan(self.space, k.n_par, ks_[0], ks_[1], self.plan_gens, self.rng, k.mutate_prob,
+                               k.resolution_mutate_prob)
+        self.lim = np.concatenate([np.full(ks_[0], k.n_mut), np.full(ks_[1], k.n_cross)])
+
+    def _breed(self, par: _Pop, gen: int, distinct: bool) -> _Brood:
+        """Per generation of the block: the first n_mut feasible mutants, then the first n_cross crossovers; a
+        short generation is done on its own, with bounded top-ups."""
+        problem, plan, k = self.problem, self.plan, self.k
+        km, K = plan.k_mut, plan.k_mut + plan.k_cross
+        L = min(self.block, self.plan_start + self.plan_gens - gen) if distinct else 1
+        g0 = gen - self.plan_start
+        cand = plan.children(par.enc, g0, g0 + L)                                 # (L * K, W)
+        made = L
+        c_codes = problem.codes(cand)
+        c_met = problem.metrics(cand, c_codes)
+        ok = problem.feasible(c_met)
+        if problem.min_acc is not None and ok.any():
+            c_acc = np.full(len(cand), -np.inf)
+            c_acc[ok] = problem.accuracy(cand[ok], c_codes[ok])
+            ok &= c_acc >= problem.min_acc
+        ok = ok.reshape(L, K)
+        cnt = np.cumsum(ok, axis=1)
+        n_ok = np.stack([cnt[:, km - 1] if km else np.zeros(L, dtype=cnt.dtype), cnt[:, -1]], axis=1)
+        n_ok[:, 1] -= n_ok[:, 0]                                 # feasible mutants, crossovers per generation
+        if km:
+            cnt[:, km:] -= cnt[:, km - 1:km]
+        short = (n_ok[:, 0] < k.n_mut) | (n_ok[:, 1] < k.n_cross)
+        if short.any():
+            L = max(int(short.argmax()), 1)
+        idx = np.flatnonzero(ok[:L] & (cnt[:L] <= self.lim))
+        parts = [(cand[idx], c_codes[idx], {name: v[idx] for name, v in c_met.items()})]
+        if L == 1 and short[0]:
+            parts += self._top_up(par, n_ok[0])
+        if len(parts) == 1:
+            enc, codes, mets = parts[0]
+        else:
+            enc, codes = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            mets = {name: np.concatenate([p[2][name] for p in parts]) for name in par.metrics}
+        return _Brood(enc, codes, mets, n_ok, L, made)
+
+    def _top_up(self, par: _Pop, n_ok: np.ndarray) -> list[tuple]:
+        """Bounded extra sampling for a generation short of feasible mutants or crossovers; feasible parents fill
+        what is still missing (never loops)."""
+        k, problem, space, rng = self.k, self.problem, self.space, self.rng
+        out = []
+        for j, (have, n) in enumerate(((min(int(n_ok[0]), k.n_mut), k.n_mut),
+                                       (min(int(n_ok[1]), k.n_cross), k.n_cross))):
+            if have < n and k.max_attempts > 1:
+                make = ((lambda m: space.mutate(par.enc, m, rng, k.mutate_prob, k.resolution_mutate_prob)) if j == 0
+                        else (lambda m: space.crossover(par.enc, m, rng)))
+                got, _ = _feasible_batch(problem, make, n - have, k.oversample, k.max_attempts - 1, predict=False)
+                if got is not None:
+                    out.append((got.enc, problem.codes(got.enc), got.metrics))
+                    have += len(got)
+            if have < n:
+                pi = rng.integers(0, len(par.enc), size=n - have)
+                out.append((par.enc[pi], problem.codes(par.enc[pi]), {name: v[pi] for name, v in par.metrics.items()}))
+        return out
+
+    def _advance(self, gen: int, par: _Pop, p_ids: np.ndarray, brood: _Brood, k_ids: np.ndarray,
+                 k_acc: np.ndarray) -> int:
+        """Keep the generations up to the first whose children change the parents (which they only do by beating
+        the last parent: ties rank after the parents, as the sort is stable, and a copy of a parent is dropped by
+        the dedup); the population becomes the parents + the last kept generation's children. Returns the number
+        of generations kept."""
+        problem, L = self.problem, brood.L
+        n_kids = len(brood.enc) // L                              # n_mut + n_cross per generation
+        k_fit = k_acc if problem.objective == "accuracy" else -brood.metrics[problem.objective]
+        beats = k_fit > par.fit[-1]
+        if self.k.dedup_parents:
+            is_par = np.zeros(problem.n_ids, dtype=bool)
+            is_par[p_ids] = True
+            beats &= ~is_par[k_ids]
+        changes = beats.reshape(L, n_kids).any(axis=1)
+        changed = bool(changes.any())
+        keep = int(changes.argmax()) + 1 if changed else L
+        self.block = max(1, self.block // 2) if changed or L < brood.made else min(_MAX_BLOCK, 2 * self.block)
+        km, K = self.plan.k_mut, self.plan.k_mut + self.plan.k_cross
+        for i in range(keep):
+            self.history.append(float(par.fit[0]))
+            if self.progress is not None:
+                lat = par.metrics.get("latency_ms")
+                self.progress(gen + i, float(par.acc[0]), float(lat[0]) if lat is not None else float("nan"))
+            self.rate[0] = 0.7 * self.rate[0] + 0.3 * int(brood.n_ok[i, 0]) / max(km, 1)
+            self.rate[1] = 0.7 * self.rate[1] + 0.3 * int(brood.n_ok[i, 1]) / max(K - km, 1)
+        last = slice((keep - 1) * n_kids, keep * n_kids)
+        self.enc = np.concatenate([par.enc, brood.enc[last]])
+        self.acc = np.concatenate([par.acc, k_acc[last]])
+        self.ids = np.concatenate([p_ids, k_ids[last]])
+        self.mets = {name: np.concatenate([par.metrics[name], brood.metrics[name][last]]) for name in par.metrics}
+        self.fit = self.acc if problem.objective == "accuracy" else -self.mets[problem.objective]
+        return keep
+
+
+def _polish(problem: _Problem, space: _Space, best: _Pop, steps: int, should_stop, gens: int) -> _Pop:
+    """Bounded greedy polish: the best one-gene change of the best config, repeated while it improves."""
+    for _ in range(steps):
+        if _stop_requested(should_stop):
+            raise SearchCancelled(gens)
+        nb = space.neighbours(best.enc[0])
+        ok, metrics, acc, fit = problem.evaluate(nb)
+        i = int(np.argmax(fit))
+        if not ok[i] or fit[i] <= best.fit[0] + 1e-12:
+            break
+        best = _Pop(nb[i:i + 1], _take(metrics, slice(i, i + 1)), acc[i:i + 1], fit[i:i + 1])
+    return best
+
+
 def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficiency,
                         constraints: Constraints | Mapping[str, float] | None = None, *,
                         population_size: int = 100, generations: int = 500, parent_ratio: float = 0.25,
@@ -626,199 +914,20 @@ def evolutionary_search(spec: SupernetSpec, predictor: Any, efficiency: Efficien
     t0 = time.perf_counter()
     cons = Constraints.coerce(constraints)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    knobs = _Knobs(population_size, generations, parent_ratio, mutation_ratio, mutate_prob, resolution_mutate_prob,
+                   oversample, max_attempts, polish_steps, dedup_parents, init_pool)
     space = _Space(spec, resolutions)
-    if cons.min_accuracy is not None:
-        objective = objective or ("latency_ms" if "latency_ms" in efficiency.fns else
-                                  (next(iter(cons.limits()), None) or (efficiency.names or [None])[0]))
-        if objective is None:
-            raise ValueError("an accuracy floor needs an efficiency metric to minimise")
-    else:
-        objective = "accuracy"
-    if objective != "accuracy" and objective not in efficiency.fns:
-        raise ValueError(f"objective {objective!r} is not an available metric ({efficiency.names})")
-    seeds = _check_feasible(spec, predictor, efficiency, cons, space, 0) if _check else []
-    if init is not None and len(init):
-        seeds += list(np.asarray(init, dtype=np.int32).reshape(-1, spec.enc_width))
-
-    if cons.min_accuracy is not None and _check:
-        # Quick bounded accuracy-maximising search under the efficiency limits: the best predicted accuracy it finds
-        # either proves the floor reachable (and seeds the population) or is reported in InfeasibleError.
-        pre = evolutionary_search(spec, predictor, efficiency, Constraints(**cons.limits()),
-                                  population_size=min(population_size, 100), generations=min(generations, 60),
-                                  parent_ratio=parent_ratio, mutation_ratio=mutation_ratio, mutate_prob=mutate_prob,
-                                  resolution_mutate_prob=resolution_mutate_prob, resolutions=resolutions, seed=rng,
-                                  oversample=oversample, max_attempts=max_attempts, polish_steps=polish_steps,
-                                  should_stop=should_stop, _check=False)
-        if pre.predicted_acc < cons.min_accuracy:
-            raise InfeasibleError({"min_accuracy": pre.predicted_acc}, cons.to_dict())
-        seeds.append(pre.enc)
-
+    objective = _objective_for(cons, efficiency, objective)
+    seeds = _seed_configs(spec, predictor, efficiency, cons, space, knobs, rng, resolutions, init, should_stop,
+                          _check)
     problem = _Problem(spec, predictor, efficiency, cons, objective, space.rs.tolist())
-    n_par = max(1, int(round(parent_ratio * population_size)))
-    n_mut = int(round(mutation_ratio * population_size))
-    n_cross = population_size - n_mut
-
-    # initial population: half uniform (as published), half leaning small, plus known-feasible seeds
-    # (with init_pool > 1: the best population_size of init_pool * population_size feasible samples)
-    pop, _ = _feasible_batch(problem, lambda m: np.concatenate([space.sample(m // 2, rng),
-                                                                space.sample(m - m // 2, rng, skew=True)]),
-                             population_size * max(1, init_pool), oversample, max_attempts)
-    if pop is not None and len(pop) > population_size:
-        pop = pop.take(np.argsort(-pop.fit, kind="stable")[:population_size])
-    if seeds:
-        s_enc = np.stack(seeds).astype(np.int32)
-        ok, metrics, acc, fit = problem.evaluate(s_enc)
-        if ok.any():
-            sp = _Pop(s_enc[ok], _take(metrics, ok), acc[ok], fit[ok])
-            pop = sp if pop is None else _Pop.cat([pop, sp])
-    if pop is None:
-        raise InfeasibleError({}, cons.to_dict(), "infeasible request: no sub-network satisfying all constraints "
-                              f"together was found in {max_attempts} rounds of sampling")
-    if len(pop) < population_size:           # top up by mutating what is feasible (bounded)
-        more, _ = _feasible_batch(problem, lambda m: space.mutate(pop.enc, m, rng, 0.3, 0.5),
-                                  population_size - len(pop), oversample, max_attempts)
-        if more is not None:
-            pop = _Pop.cat([pop, more])
-
-    history: list[float] = []
-    enc, acc, fit, mets = pop.enc.astype(np.int32), pop.acc, pop.fit, pop.metrics
-    ids, _ = problem.lookup(enc)
-    rate = [1.0 / max(oversample, 1)] * 2                # running feasible share of mutants / crossovers
-    plan, plan_start, plan_gens, plan_chunk = None, 0, 0, 50
-    stamp, rank = np.zeros(0, dtype=np.intp), np.arange(4 * population_size + 4 * n_par, dtype=np.intp)
-    block = 1                                            # generations evaluated together (see below)
-    gen = 0
-    while gen < generations:
-        if _stop_requested(should_stop):
-            raise SearchCancelled(gen)
-        order = np.argsort(-fit, kind="stable")
-        distinct = True
-        if dedup_parents:                    # distinct parents keep diversity (duplicates add nothing)
-            s_ids = ids[order]
-            if len(stamp) < problem.n_ids:
-                stamp = np.zeros(2 * problem.n_ids, dtype=np.intp)
-            if len(rank) < len(s_ids):
-                rank = np.arange(2 * len(s_ids), dtype=np.intp)
-            pos = rank[:len(s_ids)]
-            stamp[s_ids[::-1]] = pos[::-1]   # the last write wins: each id's first position in s_ids
-            first = stamp[s_ids] == pos
-            sel_a = order[first][:n_par]
-            if len(sel_a) < n_par:           # too few distinct: duplicates fill up, best first
-                sel_a = np.concatenate([sel_a, order[~first]])[:n_par]
-                distinct = False
-        else:
-            sel_a = order[:n_par]
-        p_enc, p_acc, p_fit, p_ids = enc[sel_a], acc[sel_a], fit[sel_a], ids[sel_a]
-        p_met = {k: v[sel_a] for k, v in mets.items()}
-        epoch = problem.epoch                # parents' ids stay valid unless the cache is reset below
-
-        # Children: mutants + crossovers from the plan, rejection-sampled against the limits (the plan is sized by
-        # the share that was feasible lately). The parents stay the same from one generation to the next unless a
-        # child beats the last of them (late in a search, in >90% of generations), and the plan does not depend on
-        # the parents, so the children of up to `block` generations are made, checked and predicted together; the
-        # generations after the first one that changes the parents are dropped (their predictions stay cached) and
-        # redone from the new parents. The result is that of one generation at a time.
-        if plan is None or gen - plan_start >= plan_gens:
-            ks_ = [min(n * oversample, max(n, math.ceil((n + 2 * math.sqrt(n)) / max(r_, 1e-3))))
-                   for n, r_ in ((n_mut, rate[0]), (n_cross, rate[1]))]
-            # the first plan is short: the feasible shares it measures size the later ones
-            plan_start, plan_gens = gen, min(plan_chunk if gen else 5, generations - gen)
-            plan = _ChildPlan(space, n_par, ks_[0], ks_[1], plan_gens, rng, mutate_prob, resolution_mutate_prob)
-            lim = np.concatenate([np.full(ks_[0], n_mut), np.full(ks_[1], n_cross)])
-        km, K = plan.k_mut, plan.k_mut + plan.k_cross
-        L = min(block, plan_start + plan_gens - gen) if distinct else 1
-        g0 = gen - plan_start
-        cand = plan.children(p_enc, g0, g0 + L)                                   # (L * K, W)
-        made = L
-        c_codes = problem.codes(cand)
-        c_met = problem.metrics(cand, c_codes)
-        ok = problem.feasible(c_met)
-        if problem.min_acc is not None and ok.any():
-            c_acc = np.full(len(cand), -np.inf)
-            c_acc[ok] = problem.accuracy(cand[ok], c_codes[ok])
-            ok &= c_acc >= problem.min_acc
-        ok = ok.reshape(L, K)
-        cnt = np.cumsum(ok, axis=1)
-        n_ok = np.stack([cnt[:, km - 1] if km else np.zeros(L, dtype=cnt.dtype), cnt[:, -1]], axis=1)
-        n_ok[:, 1] -= n_ok[:, 0]                                 # feasible mutants, crossovers per generation
-        if km:
-            cnt[:, km:] -= cnt[:, km - 1:km]
-        short = (n_ok[:, 0] < n_mut) | (n_ok[:, 1] < n_cross)
-        if short.any():                      # a short generation is done on its own, with top-ups
-            L = max(int(short.argmax()), 1)
-        idx = np.flatnonzero(ok[:L] & (cnt[:L] <= lim))          # per generation: the first n_mut feasible
-        k_enc, k_cod = [cand[idx]], [c_codes[idx]]               # mutants, then the first n_cross crossovers
-        k_met = [{k: v[idx] for k, v in c_met.items()}]
-        if L == 1 and short[0]:
-            for j, (have, n) in enumerate(((min(int(n_ok[0, 0]), n_mut), n_mut),
-                                           (min(int(n_ok[0, 1]), n_cross), n_cross))):
-                if have < n and max_attempts > 1:
-                    make = ((lambda m: space.mutate(p_enc, m, rng, mutate_prob, resolution_mutate_prob)) if j == 0
-                            else (lambda m: space.crossover(p_enc, m, rng)))
-                    got, _ = _feasible_batch(problem, make, n - have, oversample, max_attempts - 1, predict=False)
-                    if got is not None:
-                        k_enc.append(got.enc)
-                        k_cod.append(problem.codes(got.enc))
-                        k_met.append(got.metrics)
-                        have += len(got)
-                if have < n:                  # fallback: feasible parents fill the quota; never loops
-                    pi = rng.integers(0, len(p_enc), size=n - have)
-                    k_enc.append(p_enc[pi])
-                    k_cod.append(problem.codes(p_enc[pi]))
-                    k_met.append({k: v[pi] for k, v in p_met.items()})
-        kids = np.concatenate(k_enc) if len(k_enc) > 1 else k_enc[0]
-        k_codes = np.concatenate(k_cod) if len(k_cod) > 1 else k_cod[0]
-        k_met = {k: np.concatenate([m[k] for m in k_met]) for k in p_met} if len(k_met) > 1 else k_met[0]
-        n_kids = len(kids) // L                                   # n_mut + n_cross per generation
-        if problem.make_room(len(p_enc) + len(kids)) or problem.epoch != epoch:   # the cache is reset: parents
-            both, k_acc = problem.lookup(np.concatenate([p_enc, kids]))             # and children get new ids
-            p_ids, k_ids, k_acc = both[:len(p_enc)], both[len(p_enc):], k_acc[len(p_enc):]
-        else:
-            k_ids, k_acc = problem.lookup(kids, k_codes)          # one (cached) predictor call for all new children
-        # the generations kept: up to the first whose children change the parents, which they only do by beating
-        # the last parent (ties rank after the parents, as the sort is stable; a copy of a parent is dropped by the
-        # dedup); the predictions made for the generations after it stay cached
-        k_fit = k_acc if problem.objective == "accuracy" else -k_met[problem.objective]
-        beats = k_fit > p_fit[-1]
-        if dedup_parents:
-            is_par = np.zeros(problem.n_ids, dtype=bool)
-            is_par[p_ids] = True
-            beats &= ~is_par[k_ids]
-        changes = beats.reshape(L, n_kids).any(axis=1)
-        changed = bool(changes.any())
-        keep = int(changes.argmax()) + 1 if changed else L
-        block = max(1, block // 2) if changed or L < made else min(_MAX_BLOCK, 2 * block)  # less waste, or more at once
-        for i in range(keep):                # bookkeeping of the kept generations, in order
-            history.append(float(p_fit[0]))
-            if progress is not None:
-                lat = p_met.get("latency_ms")
-                progress(gen + i, float(p_acc[0]), float(lat[0]) if lat is not None else float("nan"))
-            rate[0] = 0.7 * rate[0] + 0.3 * int(n_ok[i, 0]) / max(km, 1)
-            rate[1] = 0.7 * rate[1] + 0.3 * int(n_ok[i, 1]) / max(K - km, 1)
-        last = slice((keep - 1) * n_kids, keep * n_kids)          # the population is the parents + the last kept
-        enc = np.concatenate([p_enc, kids[last]])                 # generation's children
-        acc = np.concatenate([p_acc, k_acc[last]])
-        ids = np.concatenate([p_ids, k_ids[last]])
-        mets = {k: np.concatenate([p_met[k], k_met[k][last]]) for k in p_met}
-        fit = acc if problem.objective == "accuracy" else -mets[problem.objective]
-        gen += keep
-    pop = _Pop(enc, mets, acc, fit)
-    gens_run = generations
-
-    order = np.argsort(-pop.fit, kind="stable")
-    best = pop.take(order[:1])
-    # bounded greedy polish: best one-gene change, repeated
-    for _ in range(polish_steps):
-        if _stop_requested(should_stop):
-            raise SearchCancelled(gens_run)
-        nb = space.neighbours(best.enc[0])
-        ok, metrics, acc, fit = problem.evaluate(nb)
-        i = int(np.argmax(fit))
-        if not ok[i] or fit[i] <= best.fit[0] + 1e-12:
-            break
-        best = _Pop(nb[i:i + 1], _take(metrics, slice(i, i + 1)), acc[i:i + 1], fit[i:i + 1])
-    out = _result(spec, predictor, efficiency, best.enc[0], gens_run, time.perf_counter() - t0, objective,
-                  cons.to_dict(), history)
+    evo = _Evolution(problem, space, knobs, rng, _initial_population(problem, space, knobs, rng, seeds, cons),
+                      progress)
+    pop = evo.run(should_stop)
+    best = _polish(problem, space, pop.take(np.argsort(-pop.fit, kind="stable")[:1]), polish_steps, should_stop,
+                   generations)
+    out = _result(spec, predictor, efficiency, best.enc[0], generations, time.perf_counter() - t0, objective,
+                  cons.to_dict(), evo.history)
     if top_k > 1:
         out.candidates = _top_candidates(spec, predictor, efficiency, _Pop.cat([best, pop]), top_k, out)
     return out
