@@ -11,6 +11,10 @@ Every change is one conditional UPDATE, so several sweepers (one per worker) nev
 period, and a duplicate message is harmless anyway (claim() is atomic; a finished job's task returns at once).
 A job is therefore picked up again at most `job_lease_s + job_sweep_s` after its worker died.
 
+Predictor trainings (`sweep_trainings`) are recovered the same way: a queued one last published more than a lease
+ago is published again (backing off), and one running past its deadline (its max_seconds after the claim) by
+more than a lease is queued and published again, or failed (`worker lost`) after `job_max_attempts` claims.
+
 Each pass also requests the Pareto front of every current table that lacks one of its supernet's version
 (`sweep_fronts`): a front whose publish was lost, or one made stale by new weights or a new predictor.
 """
@@ -25,6 +29,8 @@ import time
 from service.devices import repository as device_repo
 from service.jobs import queue as Q
 from service.jobs import repository as job_repo
+from service.predictors import repository as training_repo
+from service.predictors.service import TRAIN_PREDICTOR
 
 log = logging.getLogger("ofa.sweeper")
 
@@ -60,6 +66,35 @@ def sweep(db, celery, settings) -> dict[str, int]:
             continue
         counts["requeued" if status == "running" else "republished"] += 1
         log.warning("job recovered", extra={"job": job_id, "was": status, "attempts": attempts})
+    return counts
+
+
+def sweep_trainings(db, celery, settings) -> dict[str, int]:
+    """One pass over predictor trainings nobody works on; returns counts (requeued, republished, failed,
+    publish_errors)."""
+    lease = settings.job_lease_s
+    counts = {"requeued": 0, "republished": 0, "failed": 0, "publish_errors": 0}
+    with db.session() as s:
+        rows = training_repo.needing_recovery(s, lease)
+    for training_id, status, attempts, created_at in rows:
+        with db.session() as s:
+            if status == "running" and attempts >= settings.job_max_attempts:
+                counts["failed"] += training_repo.fail_lost(
+                    s, training_id, lease, f"worker lost: the training's worker stopped {attempts} times (killed, "
+                    f"out of memory or hung past its deadline); giving up after job_max_attempts="
+                    f"{settings.job_max_attempts}")
+                continue
+            took = training_repo.take_over(s, training_id, status, lease, created_at)
+        if not took:
+            continue
+        try:
+            Q.publish(celery, settings.task_queue, TRAIN_PREDICTOR, [training_id], settings.broker_publish_timeout_s)
+        except Exception:
+            counts["publish_errors"] += 1     # stays queued; a later pass tries again
+            continue
+        counts["requeued" if status == "running" else "republished"] += 1
+        log.warning("predictor training recovered", extra={"training": training_id, "was": status,
+                                                           "attempts": attempts})
     return counts
 
 
@@ -121,6 +156,7 @@ class Sweeper:
                     continue
                 try:
                     sweep(db, self.celery, self.settings)
+                    sweep_trainings(db, self.celery, self.settings)
                     sweep_fronts(db, self.celery, self.settings, self._fronts)
                 except Exception as e:
                     log.warning("sweep failed", extra={"error": f"{type(e).__name__}: {e}"[:300]})

@@ -196,7 +196,10 @@ class SubnetCalibration(Base):
 class PredictorTraining(Base):
     """An accuracy predictor trained by a worker from posted (config, accuracy) pairs (`POST /supernets/{name}/
     predictor`): the canonical rows (encoded configs, accuracies 0..1), the parameters, and once done the saved
-    file (registered for the supernet) and its held-out metrics. status: queued | running | succeeded | failed."""
+    file (registered for the supernet) and its held-out metrics. status: queued | running | succeeded | failed.
+    `heartbeat_at`: while queued, when its task was last published (or when the next republish backs off to);
+    while running, the deadline by which its worker must finish (its max_seconds after the claim), after which
+    the sweeper takes it over (workers/sweeper.py `sweep_trainings`)."""
     __tablename__ = "predictor_trainings"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     supernet: Mapped[str] = mapped_column(String(128), index=True)
@@ -210,3 +213,4 @@ class PredictorTraining(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column()
     finished_at: Mapped[dt.datetime | None] = mapped_column()
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column()

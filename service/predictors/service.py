@@ -12,8 +12,10 @@ import uuid
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from ofa_core.predictor_data import AccuracyDataError, parse_accuracy_data
+from service.db.base import utcnow
 from service.db.models import PredictorTraining
 from service.errors import BrokerUnavailable, ValidationFailed
 from service.jobs import queue as Q
@@ -49,7 +51,8 @@ def create(db, spec, body: PredictorTrainIn, owner_key_id: int | None) -> Predic
     data, notes = parse(spec, body)
     params = body.model_dump(exclude={"data"}, by_alias=True)
     row = PredictorTraining(id=uuid.uuid4().hex, supernet=spec.name, status="queued", params=params,
-                            data={**data, "notes": notes}, owner_key_id=owner_key_id, attempts=0)
+                            data={**data, "notes": notes}, owner_key_id=owner_key_id, attempts=0,
+                            heartbeat_at=utcnow())      # published right after the commit
     with db.session() as s:
         repo.create(s, row)
     return row
@@ -98,19 +101,31 @@ def _train(settings, supernet: str, training_id: str, params: dict[str, Any], da
     return result
 
 
+DEADLINE_SLACK_S = 60.0      # beyond max_seconds: loading, saving and registering the predictor
+
+
 def train_by_id(db, settings, training_id: str) -> str:
-    """The worker's side: claim, train, save, register, record. Idempotent: a finished training is left alone."""
+    """The worker's side: claim, train, save, register, record. Idempotent: a finished training is left alone, and
+    one running under a live worker (within its deadline) is not trained again by a duplicate delivery. Any
+    failure of the training itself is recorded on the row (it never stays running); a database that does not
+    answer propagates, so that the task is retried."""
     with db.session() as s:
-        row = repo.claim(s, training_id)
+        row = repo.get(s, training_id)
+        if row is None:
+            return "skipped"
+        deadline = float(row.params.get("max_seconds", 60.0)) + DEADLINE_SLACK_S
+        row = repo.claim(s, training_id, deadline, settings.job_lease_s)
         if row is None:
             return "skipped"
         supernet, params, data = row.supernet, dict(row.params), row.data
     try:
         result = _train(settings, supernet, training_id, params, data)
-    except (ValueError, KeyError, OSError) as e:       # PredictorError is a ValueError
+    except DBOperationalError:
+        raise
+    except Exception as e:       # PredictorError (a ValueError), a broken file, out of memory, a bug
         log.warning("predictor training failed", extra={"training": training_id, "error": str(e)})
         with db.session() as s:
-            repo.finish(s, training_id, "failed", error=f"{type(e).__name__}: {e}")
+            repo.finish(s, training_id, "failed", error=f"{type(e).__name__}: {e}"[:2000])
         return "failed"
     with db.session() as s:
         repo.finish(s, training_id, "succeeded", result=result)

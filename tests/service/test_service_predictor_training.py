@@ -136,3 +136,60 @@ def test_a_registered_predictor_is_served_over_the_default(settings_factory, tmp
     assert SupernetStore(s).load().get(SPEC).predictor_path == dest
     pinned = settings_factory("sqlite", supernets=[SPEC], predictors={SPEC: spec.predictor_path}, var_dir=s.var_dir)
     assert SupernetStore(pinned).load().get(SPEC).predictor_path == spec.predictor_path
+
+
+def _age_training(env, tid, seconds, **values):
+    """Set a training's heartbeat_at `seconds` in the past (a worker that died, a publish that was lost)."""
+    import datetime as dt
+    from sqlalchemy import text
+    sets = ", ".join(["heartbeat_at = :t"] + [f"{k} = :{k}" for k in values])
+    with env.db.engine.begin() as c:
+        c.execute(text(f"UPDATE predictor_trainings SET {sets} WHERE id = :i"),
+                  {"t": dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds), "i": tid, **values})
+
+
+def test_sweeper_recovers_lost_and_stuck_trainings_with_bounded_attempts(env):
+    """A training whose worker died (running past its deadline) is queued and published again, or failed once it
+    used job_max_attempts claims; one whose publish was lost is published again (not again within a lease); a
+    duplicate delivery of one running under a live worker is skipped, not trained twice at once."""
+    from service.predictors import repository as repo
+    from service.predictors.service import train_by_id
+    from workers.sweeper import sweep_trainings
+    _, _, rows = _rows(60)
+    s = env.settings
+    lease = s.job_lease_s
+    post = lambda seed: env.client.post(f"/supernets/{SPEC}/predictor", headers=env.h,  # noqa: E731
+                                        json={"data": rows, "scale": "percent", "epochs": 5, "seed": seed,
+                                              "register": False}).json()
+    a, b, c, d = (post(i) for i in range(4))
+    _age_training(env, a["id"], lease + 5, status="running", attempts=1)          # its worker died
+    _age_training(env, b["id"], lease + 5, status="running", attempts=s.job_max_attempts)
+    _age_training(env, c["id"], lease + 5)                                        # its publish was lost
+    with env.db.session() as sess:                                                # a live worker holds d
+        assert repo.claim(sess, d["id"], 600.0, lease) is not None
+    assert sweep_trainings(env.db, env.app.state.celery, s) == {"requeued": 1, "republished": 1, "failed": 1,
+                                                                 "publish_errors": 0}
+    status = lambda t: env.client.get(t["url"]).json()  # noqa: E731
+    assert status(a)["status"] == "queued" and status(c)["status"] == "queued"
+    assert status(b)["status"] == "failed" and "worker lost" in status(b)["error"]
+    assert status(d)["status"] == "running"
+    assert sweep_trainings(env.db, env.app.state.celery, s)["republished"] == 0   # not again within a lease
+    assert train_by_id(env.db, s, d["id"]) == "skipped"                          # duplicate delivery: not twice
+    assert train_by_id(env.db, s, a["id"]) == "succeeded" and status(a)["result"]["n_train"] > 0
+    assert status(a)["status"] == "succeeded"
+    _age_training(env, d["id"], lease + 5)                                        # d's worker died after all
+    assert train_by_id(env.db, s, d["id"]) == "succeeded"                        # a redelivery takes it over
+
+
+def test_a_training_that_breaks_is_failed_with_the_reason_not_left_running(env):
+    """Whatever stops the training itself (here: the folder it saves into cannot be made) fails the row with
+    the reason; it never stays running."""
+    from service.predictors.service import train_by_id
+    _, _, rows = _rows(60)
+    t = env.client.post(f"/supernets/{SPEC}/predictor", headers=env.h,
+                        json={"data": rows, "scale": "percent", "epochs": 5, "register": False}).json()
+    with open(os.path.join(env.settings.var_dir, "trained_predictors"), "w") as fh:   # a file where the folder goes
+        fh.write("not a folder")
+    assert train_by_id(env.db, env.settings, t["id"]) == "failed"
+    g = env.client.get(t["url"]).json()
+    assert g["status"] == "failed" and "FileExistsError" in g["error"] and g["finished_at"]
