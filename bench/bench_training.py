@@ -9,6 +9,11 @@ training run of today's loop and the optimized one from the same seed (same loss
 
     python bench/bench_training.py                       # 2 threads, batch 128, 5 rounds
     python bench/bench_training.py --threads 1 --rounds 3 --curve-steps 0
+    python bench/bench_training.py --geometries 0.5:2,1.0:2,0.5:1 --rounds 3   # the trade of a larger geometry
+
+With --geometries (width multiplier:stem stride, ...), only the optimized loop is timed, once per geometry (same
+elastic space and strides otherwise), beside the largest and smallest sub-networks' MACs and parameters: the
+cost side of choosing a larger CIFAR geometry.
 """
 from __future__ import annotations
 
@@ -134,6 +139,38 @@ def print_throughput(spec, a) -> None:
         print(f"| {label} | " + " | ".join(cells) + f" | **{ratio:.2f}x** |", flush=True)
 
 
+def geometry(spec, width: float, stem_stride: int):
+    """The spec with another width multiplier / stem stride (registered under a derived name)."""
+    import dataclasses
+    from ofa_core.spec import register
+    if width == spec.width_mult and stem_stride == spec.stem_stride:
+        return spec
+    return register(dataclasses.replace(spec, name=f"{spec.name}-w{width:g}-s{stem_stride}", width_mult=width,
+                                        stem_stride=stem_stride, weights_path=None, predictor_path=None))
+
+
+def print_geometries(spec, a) -> None:
+    from ofa_core.costs import config_costs
+    r = max(spec.resolutions)
+    phases = {p.name: p for p in cifar_phases(spec)}
+    opt = {OPTIMIZED: variants(a.threads)[OPTIMIZED]}
+    print(f"\n## Geometries: the optimized loop, images/s (batch {a.batch}, median of {a.rounds} rounds of "
+          f"{a.steps} steps), and the cost of the largest / smallest sub-network at r {r}\n")
+    print("| width | stem stride | MACs largest | MACs smallest | params largest | full (1 sub-network) | "
+          "depth/expand (2 + teacher) | full, relative to the first |")
+    print("|---|---|---|---|---|---|---|---|")
+    base = None
+    for item in a.geometries.split(","):
+        w, st = item.split(":")
+        g = geometry(spec, float(w), int(st))
+        big, small = config_costs(g, g.max_config(r)), config_costs(g, g.min_config(r))
+        full = time_variants(g, phases["full"], opt, a.batch, a.rounds, a.steps)[OPTIMIZED][0]
+        shrink = time_variants(g, phases["expand2"], opt, a.batch, a.rounds, a.steps)[OPTIMIZED][0]
+        base = base or full
+        print(f"| {float(w):g} | {st} | {big['macs'] / 1e6:.1f} M | {small['macs'] / 1e6:.1f} M | "
+              f"{big['params'] / 1e6:.2f} M | {full:.0f} | {shrink:.0f} | {full / base:.2f}x |", flush=True)
+
+
 def real_data(a) -> tuple[ImageArray, ImageArray] | None:
     if not os.path.exists(a.data):
         print(f"\n(no CIFAR-10 archive at {a.data}: skipping the sections on real images)")
@@ -219,11 +256,16 @@ def main(argv=None) -> None:
     p.add_argument("--cache-dir", default="data/cache")
     p.add_argument("--tmp", default="/tmp/bench_training")
     p.add_argument("--supernet", default="ofa_mbv3_cifar10")
+    p.add_argument("--geometries", default=None, metavar="W:S,...",
+                   help="time only the optimized loop for each width multiplier W and stem stride S")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     spec = get_spec(a.supernet)
     print(f"# bench_training: {spec.name}, torch {torch.__version__}, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, mkldnn {torch.backends.mkldnn.is_available()}")
+    if a.geometries:
+        print_geometries(spec, a)
+        return
     print_throughput(spec, a)
     data = real_data(a)
     if data is not None:

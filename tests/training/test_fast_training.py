@@ -173,6 +173,20 @@ def test_bench_training_smoke(tmp_path):
     assert out.stdout.count("x** |") == 3
 
 
+def test_bench_training_geometries_smoke(tmp_path):
+    """--geometries times the optimized loop per (width, stem stride) and prints each one's MACs: the larger
+    geometry costs more MACs than the default's."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_training.py"), "--threads", "1",
+                          "--rounds", "1", "--steps", "1", "--batch", "4", "--geometries", "0.5:2,0.5:1"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| 0.5 |")]
+    assert [r[2].strip() for r in rows] == ["2", "1"]
+    macs = [float(r[3].split()[0]) for r in rows]
+    assert macs[1] > 3 * macs[0] and rows[0][-2].strip() == "1.00x"
+
+
 def test_kept_checkpoint_parts_rebuild_the_checkpoint(tmp_path):
     from ofa_core.run_status import join_checkpoint, split_checkpoint
     net = build_supernet(SPEC, seed=0)
