@@ -1,5 +1,5 @@
 """Fault injection on loopback, on both backends (embedded SQLite + SQL broker; PostgreSQL + Redis): SIGKILL a worker
-mid-search (pool child, whole worker), SIGKILL the API during concurrent POSTs (between commit and publish), a
+mid-search (pool child, whole worker) and mid-verify, SIGKILL the API during concurrent POSTs (between commit and publish), a
 broker that loses its data and comes back, a hung broker, the YAML alias bomb. Real processes, no mocks; every wait
 is bounded. The figures (kills / jobs finished / time to recovery, orphans, /healthz p99, memory growth) are
 printed at the end of the run."""
@@ -87,6 +87,56 @@ def test_sigkill_worker_mid_search_loses_no_job(backend, target, request, settin
         with env.client.stream("GET", f"/jobs/{jid}/events") as ev:
             body = ev.read().decode()
         assert "event: result" in body
+    finally:
+        for w in workers:
+            F.stop(w)
+        _close(env, backend)
+
+
+def _verify_state(env, jid):
+    """(status, lease holder pid, attempts, the job's verify-phase state or None)."""
+    with env.db.engine.connect() as c:
+        row = c.execute(text("SELECT status, lease_token, attempts, best FROM jobs WHERE id = :i"), {"i": jid}).one()
+    best = json.loads(row.best) if isinstance(row.best, str) else row.best
+    return row.status, _holder(row), row.attempts, (best if (best or {}).get("phase") == "verify" else None)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_sigkill_worker_mid_verify_resumes_from_its_candidates(backend, request, settings_factory, shared_store):
+    """A worker SIGKILLed while it measures a verify job's candidates: another worker takes the job over, resumes
+    from the candidates stored in the job (no new search), measures each sub-network once and answers."""
+    from sqlalchemy import func, select
+    from service.db.models import SubnetCalibration
+    s = _settings(backend, request, settings_factory)
+    env = _make_env(s, shared_store)
+    data = {"OFA_CALIBRATION_DATA": json.dumps(s.calibration_data), "OFA_EVALUATION_DATA": json.dumps(s.evaluation_data)}
+    workers = []
+    try:
+        env.add_device("dev")
+        workers = [F.start_worker(s, **data), F.start_worker(s, **data)]
+        r = env.client.post("/specialize", headers=env.h, json={
+            "device": "dev", "constraints": {"latency_ms": 3.0}, "verify": True, "use_pareto": False,
+            "options": {"population": 16, "generations": 3, "seed": 1, "verify_top_k": 4}})
+        assert r.status_code == 202, r.text
+        jid = r.json()["id"]
+        st = F.wait_for(lambda: (lambda x: x if x[0] == "running" and x[3] is not None else None)(
+            _verify_state(env, jid)), 180, what="the verify phase to start")
+        victim, first = st[1], [c["subnet_id"] for c in st[3]["list"]]
+        assert victim in [w.pid for w in workers] and len(first) == 4
+        os.kill(victim, signal.SIGKILL)
+        F.figure("kills injected", 1)
+        st = F.wait_for(lambda: (lambda x: x if x[0] in TERMINAL else None)(_verify_state(env, jid)),
+                        F.LEASE_S + 240, what="the job to finish after the kill")
+        job = env.client.get(f"/jobs/{jid}").json()
+        assert job["status"] == "succeeded" and st[2] >= 2, (job, [F.log_tail(w) for w in workers])
+        F.figure("jobs finished after a kill", 1)
+        ver = job["result"]["verification"]
+        assert [c["subnet_id"] for c in ver["candidates"]] == first           # the stored candidates, not a new search
+        assert ver["chosen"] == job["result"]["subnet_id"] and job["result"]["measured_accuracy"] is not None
+        with env.db.session() as sess:                                        # each sub-network measured once
+            n = sess.scalar(select(func.count()).select_from(SubnetCalibration)
+                            .where(SubnetCalibration.subnet_id.in_(first)))
+        assert n == 4
     finally:
         for w in workers:
             F.stop(w)
