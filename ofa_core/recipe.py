@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--holdout", type=int, default=10000)
     p.add_argument("--predictor-subnets", type=int, default=1000)
     p.add_argument("--bn-images", type=int, default=2000)
+    p.add_argument("--predictor-ensemble", type=int, default=1,
+                   help="members of the predictor's ensemble (averaged into one MLP; see train_predictor)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interim", action="store_true",
@@ -147,7 +149,7 @@ def main(argv=None) -> dict:
 
     t = time.time()                                     # 3. the predictor
     predictor, metrics = train_predictor(enc, acc, spec, encoding="onehot", val_fraction=0.2, epochs=500,
-                                         batch_size=256, seed=a.seed)
+                                         batch_size=256, seed=a.seed, ensemble=a.predictor_ensemble)
     timings["predictor_train_s"] = round(time.time() - t, 1)
 
     t = time.time()
@@ -225,8 +227,9 @@ def model_card(rep: dict) -> str:
           "| probe (d-e-k, r 32) | test accuracy |", "|---|---|"]
     L += [f"| {k} | {pct(v)} |" for k, v in rep["probe_test_acc"].items()]
     m = rep["predictor_metrics"]
+    members = f", an ensemble of {m['ensemble']} averaged into one MLP" if m.get("ensemble", 1) > 1 else ""
     L += ["", "## Accuracy predictor", "",
-          f"MLP {m.get('encoding')} encoding, trained on {m['n_train']} and validated on {m['n_val']} of "
+          f"MLP {m.get('encoding')} encoding{members}, trained on {m['n_train']} and validated on {m['n_val']} of "
           f"{rep['predictor_subnets']} sub-networks measured on the hold-out split: held-out RMSE "
           f"**{m['val_rmse_pp']:.3f} pp**, Kendall tau **{m['val_kendall_tau']:.3f}** (train RMSE "
           f"{m['train_rmse_pp']:.3f} pp, tau {m['train_kendall_tau']:.3f}). The data set (each row a sub-network's "

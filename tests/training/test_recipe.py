@@ -69,9 +69,11 @@ def test_interim_assets_from_the_rows_measured_so_far(tmp_path):
     (run / "predictor_data.jsonl").write_text("\n".join(rows[:9]) + "\n")     # as if stopped after 9 of 12
     with pytest.raises(SystemExit, match="holds 9 measured sub-networks, fewer than --min-rows 10"):
         recipe.main(common + ["--predictor-subnets", "12", "--interim", "--min-rows", "10"])
-    rep = recipe.main(common + ["--predictor-subnets", "12", "--interim", "--min-rows", "8"])
+    rep = recipe.main(common + ["--predictor-subnets", "12", "--interim", "--min-rows", "8",
+                                "--predictor-ensemble", "2"])
     assert rep["interim"] and rep["predictor_subnets"] == 9 and rep["predictor_subnets_planned"] == 12
     assert len((run / "predictor_data.jsonl").read_text().splitlines()) == 9           # nothing measured
-    assert "Interim predictor" in (assets / "MODEL_CARD.md").read_text()
+    card = (assets / "MODEL_CARD.md").read_text()
+    assert "Interim predictor" in card and "an ensemble of 2 averaged into one MLP" in card
     assert AccuracyPredictor.load(str(assets / f"{TINY_R.name}_predictor.safetensors"), spec=TINY_R).metrics["n_train"] + \
         AccuracyPredictor.load(str(assets / f"{TINY_R.name}_predictor.safetensors"), spec=TINY_R).metrics["n_val"] == 9
