@@ -61,6 +61,13 @@ def split_checkpoint(path: str, out_dir: str) -> list[str]:
     return names
 
 
+def _count_rows(path: str) -> int:
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.endswith(b"\n") and line.strip())
+
+
 def keep_text_files(run_dir: str, kept_dir: str) -> list[str]:
     """Copy the run's JSONL records (phase log, predictor data measured so far) into `kept_dir`."""
     out = []
@@ -104,12 +111,21 @@ def measure(trainer: ProgressiveShrinkingTrainer, train, test, bn_images: int) -
     return {k: round(v, 4) for k, v in acc.items()}
 
 
+def _where(st: dict) -> str:
+    if len(st["phases_done"]) == st["n_phases"]:
+        rows = st.get("predictor_rows", 0)
+        return (f"- training **finished** (all {st['n_phases']} phases: {', '.join(st['phases_done'])}); the predictor "
+                f"data set holds {rows} measured sub-networks (`predictor_data.jsonl`), the recipe measures the rest "
+                "and then builds the predictor and the assets")
+    return (f"- phase **{st['phase_index'] + 1}/{st['n_phases']} `{st['phase']}`**, step {st['step']} of "
+            f"{st['phase_steps']} ({100 * st['step'] / st['phase_steps']:.1f}% of the phase); "
+            f"phases done: {', '.join(st['phases_done']) or 'none'}")
+
+
 def status_markdown(st: dict) -> str:
     L = [f"# Training run `{st['supernet']}`: where it stands", "",
          f"Measured {st['measured_at']} from `{st['run_dir']}/last.pt` (sha256 `{st['checkpoint_sha256']}`).", "",
-         f"- phase **{st['phase_index'] + 1}/{st['n_phases']} `{st['phase']}`**, step {st['step']} of "
-         f"{st['phase_steps']} ({100 * st['step'] / st['phase_steps']:.1f}% of the phase); "
-         f"phases done: {', '.join(st['phases_done']) or 'none'}",
+         _where(st),
          f"- training wall time so far: {st['elapsed_s'] / 3600:.2f} h",
          f"- resume: `{st['resume_command']}`",
          f"- if `{st['run_dir']}` is gone (a new machine): `python -m ofa_core.run_status --restore "
@@ -166,6 +182,7 @@ def main(argv=None) -> dict:
           "elapsed_s": round(state["elapsed_s"], 1),
           "resume_command": f"python -m ofa_core.recipe --data <cifar10-jpeg.tar.gz> --run {os.path.abspath(a.run)} "
                             "--assets <dir> --threads 2",
+          "predictor_rows": _count_rows(os.path.join(a.run, "predictor_data.jsonl")),
           "test_images": len(splits["test"]), "bn_images": a.bn_images,
           "test_acc": measure(trainer, train, splits["test"], a.bn_images)}
     if a.keep:

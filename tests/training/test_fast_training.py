@@ -230,3 +230,15 @@ def test_kept_checkpoint_at_a_phase_boundary_resumes_with_a_fresh_optimizer(tmp_
     (tmp_path / "run" / "log.jsonl").write_text("newer\n")            # a run directory's own record wins
     join_checkpoint(str(tmp_path), str(tmp_path / "run"))
     assert (tmp_path / "run" / "log.jsonl").read_text() == "newer\n"
+
+
+def test_status_of_a_finished_training_says_so_and_counts_the_predictor_rows():
+    from ofa_core.run_status import status_markdown
+    base = {"supernet": "s", "measured_at": "now", "run_dir": "/r", "checkpoint_sha256": "x", "n_phases": 2,
+            "phase_index": 1, "phase": "b", "step": 0, "phase_steps": 10, "elapsed_s": 7200.0,
+            "resume_command": "python -m ofa_core.recipe", "test_images": 10, "bn_images": 5, "test_acc": {"largest": 0.5}}
+    done = status_markdown({**base, "phases_done": ["a", "b"], "predictor_rows": 321})
+    assert "training **finished** (all 2 phases: a, b)" in done and "holds 321 measured sub-networks" in done
+    assert "step 0 of 10" not in done
+    mid = status_markdown({**base, "phases_done": ["a"], "step": 4})
+    assert "phase **2/2 `b`**, step 4 of 10 (40.0% of the phase)" in mid and "| largest | 50.00% |" in mid
