@@ -44,3 +44,16 @@ def test_default_predictor_loads_and_ranks_the_largest_above_the_smallest():
     big, small = pred.predict(np.stack([SPEC.max_config(32).encode(), SPEC.min_config(24).encode()]))
     assert 0 < small < big < 1
     assert pred.metrics["val_rmse_pp"] > 0 and -1 <= pred.metrics["val_kendall_tau"] <= 1
+
+
+def test_the_predictor_data_set_ships_beside_the_predictor_and_retrains_it():
+    """The measured (config, accuracy) rows the default predictor was trained on are committed with it (sha256
+    in the card), read by `read_predictor_dataset`, as many as the predictor's metrics say it saw."""
+    from ofa_core.predictor import read_predictor_dataset
+    path = os.path.join(os.path.dirname(SPEC.weights_path), f"{SPEC.name}_predictor_data.jsonl")
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert re.search(rf"\| {re.escape(os.path.basename(path))} \| \d+ \| `{digest}` \|", open(CARD).read())
+    enc, acc = read_predictor_dataset(path, SPEC)
+    pred = AccuracyPredictor.load(SPEC.predictor_path, spec=SPEC)
+    assert len(acc) == pred.metrics["n_train"] + pred.metrics["n_val"] and len(acc) >= 200
+    assert ((0 < acc) & (acc < 1)).all() and len(np.unique(enc, axis=0)) == len(enc)
