@@ -24,11 +24,14 @@ def _stale(lease_s: float) -> dt.datetime:
     return utcnow() - dt.timedelta(seconds=lease_s)
 
 
+def _overdue(lease_s: float):
+    """Its timestamp (deadline while running, last publish while queued) is more than a lease ago."""
+    return func.coalesce(PredictorTraining.heartbeat_at, PredictorTraining.created_at) < _stale(lease_s)
+
+
 def _takeable(lease_s: float):
     """Queued, or running past its deadline by more than a lease (its worker died or hung)."""
-    return (PredictorTraining.status == "queued") | (
-        (PredictorTraining.status == "running")
-        & (func.coalesce(PredictorTraining.heartbeat_at, PredictorTraining.created_at) < _stale(lease_s)))
+    return (PredictorTraining.status == "queued") | ((PredictorTraining.status == "running") & _overdue(lease_s))
 
 
 def claim(s: Session, training_id: str, deadline_s: float, lease_s: float) -> PredictorTraining | None:
@@ -46,7 +49,7 @@ def claim(s: Session, training_id: str, deadline_s: float, lease_s: float) -> Pr
 def needing_recovery(s: Session, lease_s: float, limit: int = 100) -> list[tuple[str, str, int, dt.datetime]]:
     """(id, status, attempts, created_at) of trainings nobody works on: queued and last published more than a
     lease ago, or running past their deadline by more than a lease; oldest first."""
-    stale = func.coalesce(PredictorTraining.heartbeat_at, PredictorTraining.created_at) < _stale(lease_s)
+    stale = _overdue(lease_s)
     rows = s.execute(select(PredictorTraining.id, PredictorTraining.status, PredictorTraining.attempts,
                             PredictorTraining.created_at)
                      .where(PredictorTraining.status.in_(("queued", "running")), stale)
@@ -61,7 +64,7 @@ def take_over(s: Session, training_id: str, status: str, lease_s: float, created
     now = utcnow()
     c = created_at if created_at.tzinfo else created_at.replace(tzinfo=dt.timezone.utc)
     mark = now + max(dt.timedelta(0), (now - c) - dt.timedelta(seconds=lease_s)) if status == "queued" else now
-    stale = func.coalesce(PredictorTraining.heartbeat_at, PredictorTraining.created_at) < _stale(lease_s)
+    stale = _overdue(lease_s)
     n = s.execute(update(PredictorTraining).where(PredictorTraining.id == training_id,
                                                   PredictorTraining.status == status, stale)
                   .values(status="queued", heartbeat_at=mark)
@@ -71,7 +74,7 @@ def take_over(s: Session, training_id: str, status: str, lease_s: float, created
 
 def fail_lost(s: Session, training_id: str, lease_s: float, error: str) -> bool:
     """Fail a training whose worker stopped too many times (running past its deadline); True if this call did."""
-    stale = func.coalesce(PredictorTraining.heartbeat_at, PredictorTraining.created_at) < _stale(lease_s)
+    stale = _overdue(lease_s)
     n = s.execute(update(PredictorTraining).where(PredictorTraining.id == training_id,
                                                   PredictorTraining.status == "running", stale)
                   .values(status="failed", error=error, finished_at=utcnow())
