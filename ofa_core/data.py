@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from .fileio import replacing
 from PIL import Image
 from tqdm import tqdm
 
@@ -119,9 +120,8 @@ def load_dataset(path: str, cache_dir: str | None = None, image_size: int | None
     if cache:
         os.makedirs(cache_dir, exist_ok=True)
         arrays = {f"{s}_{k}": v for s, a in out.items() for k, v in (("x", a.images), ("y", a.labels))}
-        tmp = cache + ".tmp.npz"
-        np.savez(tmp, classes=np.asarray(next(iter(out.values())).classes), **arrays)
-        os.replace(tmp, cache)
+        with replacing(cache, suffix=".npz") as tmp:
+            np.savez(tmp, classes=np.asarray(next(iter(out.values())).classes), **arrays)
     return out
 
 

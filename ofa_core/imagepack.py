@@ -21,6 +21,7 @@ import zipfile
 import numpy as np
 
 from .data import ImageArray, _decode, load_dataset
+from .fileio import replacing
 
 __all__ = ["save_encoded", "load_image_set", "check_image_set", "image_set_sha256", "packaged_sets", "MAX_MEMBER_BYTES"]
 
@@ -38,14 +39,12 @@ def save_encoded(path: str, encoded: list[bytes], labels: np.ndarray, classes: l
     blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
     arrays = {"jpeg": blob, "offsets": offsets, "labels": np.asarray(labels, dtype=np.int64),
               "classes": np.asarray(classes, dtype=np.str_), **extra}
-    tmp = path + ".tmp"
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:   # JPEG does not deflate further
+    with replacing(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:   # JPEG does not deflate further
         for name, a in arrays.items():
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
             zf.writestr(info, buf.getvalue())
-    os.replace(tmp, path)
     return image_set_sha256(path)
 
 

@@ -24,6 +24,7 @@ import yaml
 from . import safeyaml
 from .safeyaml import excerpt
 from .spec import SubnetConfig, SupernetSpec, as_encoded_batch, get_spec
+from .fileio import write_text_replacing
 
 SOURCES = ("imported", "measured", "calibrated")
 FORMAT = "ofa-latency-table"
@@ -495,8 +496,4 @@ def _lookup_array(values: Iterable[int]) -> np.ndarray:
     return arr
 
 
-def _atomic_write(path: str | os.PathLike, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+_atomic_write = write_text_replacing

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .spec import SubnetConfig, SupernetSpec, active_mask, as_encoded_batch, canonicalize_encoded, get_spec
+from .fileio import replacing
 
 ENCODINGS = ("published", "onehot")
 PUBLISHED_RES_SLOTS = 8
@@ -327,9 +328,8 @@ class AccuracyPredictor:
                 "metrics": json.dumps(self.metrics, default=float)}
         meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
         sd = {k: v.detach().contiguous().clone() for k, v in self.model.state_dict().items()}
-        tmp = f"{path}.tmp{os.getpid()}"
-        save_file(sd, tmp, metadata=meta)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            save_file(sd, tmp, metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, spec: SupernetSpec | str | None = None) -> "AccuracyPredictor":

@@ -32,6 +32,7 @@ from .latency import (LatencyEntry, LatencyTable, block_operator_key, fixed_oper
                       required_operator_keys)
 from .mbv3 import ConvLayer, LinearLayer, MBConvLayer, ResidualBlock, build_supernet
 from .spec import SubnetConfig, SupernetSpec, active_mask, get_spec
+from .fileio import write_text_replacing
 
 
 def host_environment(threads: int, batch_size: int = 1) -> dict[str, Any]:
@@ -270,10 +271,7 @@ def profile_table(spec: SupernetSpec | str, resolutions: Iterable[int] | None = 
     def save():
         if progress_path is None:
             return
-        tmp = f"{progress_path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump({"spec": spec.name, "environment": env, "tables": done}, f)
-        os.replace(tmp, progress_path)
+        write_text_replacing(progress_path, json.dumps({"spec": spec.name, "environment": env, "tables": done}))
 
     with _Threads(threads):
         try:

@@ -15,13 +15,13 @@ import itertools
 import json
 import os
 import platform
-import shutil
 import time
 
 import torch
 from safetensors.torch import save_file
 
 from .data import holdout_split, load_dataset
+from .fileio import copy_replacing, replacing
 from .profiler import host_environment
 from .predictor import build_predictor_dataset, read_predictor_dataset, train_predictor
 from .spec import SubnetConfig, SupernetSpec, get_spec
@@ -52,9 +52,8 @@ def save_supernet(net: torch.nn.Module, spec: SupernetSpec, path: str, extra: di
     sd = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     meta = {"format": "ofa-supernet", "supernet": spec.name, "version": spec.version,
             **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in extra.items()}}
-    tmp = path + ".tmp"
-    save_file(sd, tmp, metadata=meta)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(sd, tmp, metadata=meta)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -162,8 +161,7 @@ def main(argv=None) -> dict:
     data_copy = os.path.join(a.assets, f"{spec.name}_predictor_data.jsonl")
     save_supernet(net, spec, weights, {"test_acc": test_acc, "recipe": "progressive shrinking"})
     predictor.save(pred_path)
-    shutil.copyfile(data_path, data_copy + ".tmp")
-    os.replace(data_copy + ".tmp", data_copy)
+    copy_replacing(data_path, data_copy)
     report = {"supernet": spec.name, "spec": spec.to_dict(), "train_images": len(train), "holdout_images": len(hold),
               "test_images": len(test), "train_config": trainer.cfg.to_json(), "phase_log": phase_log,
               "test_acc": test_acc, "probe_test_acc": probes, "predictor_metrics": metrics,

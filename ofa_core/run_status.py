@@ -20,6 +20,7 @@ from .data import holdout_split, load_dataset
 from .recipe import probe_configs, sha256_file
 from .spec import get_spec
 from .training import Phase, ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet
+from .fileio import copy_replacing, replacing, write_text_replacing
 
 TEXT_FILES = ("log.jsonl", "predictor_data.jsonl")   # the run's own records, kept beside the checkpoint parts
 PARTS = {"model": ("state_dict", "state", "config", "spec", "torch_rng"), "optimizer": ("optimizer",),
@@ -55,8 +56,8 @@ def split_checkpoint(path: str, out_dir: str) -> list[str]:
         if not sub:
             continue
         dst = os.path.join(out_dir, f"last.{part}.pt")
-        torch.save(sub, dst + ".tmp")
-        os.replace(dst + ".tmp", dst)
+        with replacing(dst) as tmp:
+            torch.save(sub, tmp)
         names.append(dst)
     return names
 
@@ -74,8 +75,7 @@ def keep_text_files(run_dir: str, kept_dir: str) -> list[str]:
     for name in TEXT_FILES:
         src = os.path.join(run_dir, name)
         if os.path.exists(src):
-            shutil.copyfile(src, os.path.join(kept_dir, name + ".tmp"))
-            os.replace(os.path.join(kept_dir, name + ".tmp"), os.path.join(kept_dir, name))
+            copy_replacing(src, os.path.join(kept_dir, name))
             out.append(name)
     return out
 
@@ -97,8 +97,8 @@ def join_checkpoint(kept_dir: str, run_dir: str) -> str:
         if os.path.exists(os.path.join(kept_dir, name)) and not os.path.exists(os.path.join(run_dir, name)):
             shutil.copyfile(os.path.join(kept_dir, name), os.path.join(run_dir, name))
     dst = os.path.join(run_dir, "last.pt")
-    torch.save(payload, dst + ".tmp")
-    os.replace(dst + ".tmp", dst)
+    with replacing(dst) as tmp:
+        torch.save(payload, tmp)
     return dst
 
 
@@ -127,7 +127,8 @@ def status_markdown(st: dict) -> str:
          f"Measured {st['measured_at']} from `{st['run_dir']}/last.pt` (sha256 `{st['checkpoint_sha256']}`).", "",
          _where(st),
          f"- training wall time so far: {st['elapsed_s'] / 3600:.2f} h",
-         f"- resume: `{st['resume_command']}`",
+         f"- resume: `{st['resume_command']}` (`--threads 2` on a quiet machine; `--threads 1` where other work "
+         "shares the two cores, since two threads contending with it run slower than one)",
          f"- if `{st['run_dir']}` is gone (a new machine): `python -m ofa_core.run_status --restore "
          f"runs/{st['supernet']} --run {st['run_dir']}` first (rebuilds last.pt from the `last.*.pt` parts kept "
          "here; the optimizer's momentum is kept as bfloat16 to stay under 25 MB, so that resume is exact but for "
@@ -163,8 +164,7 @@ def main(argv=None) -> dict:
     train, hold = holdout_split(splits["train"], a.holdout, seed=0)
     os.makedirs(a.out, exist_ok=True)
     snapshot = os.path.join(a.out, "last.pt")
-    shutil.copyfile(os.path.join(a.run, "last.pt"), snapshot + ".tmp")   # one consistent file while the run saves
-    os.replace(snapshot + ".tmp", snapshot)
+    copy_replacing(os.path.join(a.run, "last.pt"), snapshot)   # one consistent file while the run saves
     saved = json.loads(torch.load(snapshot, map_location="cpu", weights_only=True)["config"])
     phases = [Phase(**{**ph, **{k: tuple(v) for k, v in ph.items() if isinstance(v, list)}})
               for ph in saved["phases"]]
@@ -181,17 +181,15 @@ def main(argv=None) -> dict:
           "step": state["step"], "phase_steps": phases[pi].steps(trainer.steps_per_epoch),
           "elapsed_s": round(state["elapsed_s"], 1),
           "resume_command": f"python -m ofa_core.recipe --data <cifar10-jpeg.tar.gz> --run {os.path.abspath(a.run)} "
-                            "--assets <dir> --threads 2",
+                            f"--supernet {spec.name} --assets <dir> --threads 2",
           "predictor_rows": _count_rows(os.path.join(a.run, "predictor_data.jsonl")),
           "test_images": len(splits["test"]), "bn_images": a.bn_images,
           "test_acc": measure(trainer, train, splits["test"], a.bn_images)}
     if a.keep:
         st["kept"] = [os.path.basename(f) for f in split_checkpoint(snapshot, a.out)] + keep_text_files(a.run, a.out)
     os.remove(snapshot)
-    with open(os.path.join(a.out, "status.json"), "w") as fh:
-        json.dump(st, fh, indent=2)
-    with open(os.path.join(a.out, "STATUS.md"), "w") as fh:
-        fh.write(status_markdown(st))
+    write_text_replacing(os.path.join(a.out, "status.json"), json.dumps(st, indent=2))
+    write_text_replacing(os.path.join(a.out, "STATUS.md"), status_markdown(st))
     print(json.dumps(st, indent=2))
     return st
 

@@ -28,6 +28,7 @@ from .data import ImageArray, iterate_batches, resize
 from .extract import extract
 from .mbv3 import OFAMobileNetV3, build_supernet
 from .spec import SubnetConfig, SupernetSpec
+from .fileio import replacing
 
 
 @dataclass(frozen=True)
@@ -251,9 +252,8 @@ class ProgressiveShrinkingTrainer:
                    "teacher": self.teacher.state_dict() if self.teacher is not None else {},
                    "config": json.dumps(self.cfg.to_json()), "spec": self.spec.name,
                    "torch_rng": torch.get_rng_state()}
-        tmp = self.ckpt_path + ".tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, self.ckpt_path)
+        with replacing(self.ckpt_path) as tmp:
+            torch.save(payload, tmp)
 
     def try_resume(self) -> dict | None:
         if not os.path.exists(self.ckpt_path):

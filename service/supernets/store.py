@@ -8,6 +8,7 @@ import threading
 
 from sqlalchemy.exc import IntegrityError
 
+from ofa_core.fileio import copy_replacing
 from ofa_core.spec import get_spec
 from service.engine.adapter import SupernetEngine
 from service.engine.calibration import ImageSets
@@ -32,16 +33,13 @@ def register_predictor_file(var_dir: str, supernet: str, path: str) -> str:
     """Copy a predictor file into the data directory as the one registered for `supernet` (replacing any other
     registered one, atomically): where the service and its workers find it unless OFA_PREDICTORS names another.
     Returns the registered path. The caller has checked that the file is a predictor for that supernet."""
-    import shutil
     ext = os.path.splitext(path)[1]
     if ext not in PREDICTOR_EXTENSIONS:
         raise ValueError(f"{path}: a predictor is a .safetensors file or the published .pth")
     folder = os.path.join(var_dir, "predictors")
     os.makedirs(folder, exist_ok=True)
     dest = os.path.join(folder, supernet + ext)
-    tmp = f"{dest}.tmp{os.getpid()}"
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, dest)
+    copy_replacing(path, dest)
     for old in PREDICTOR_EXTENSIONS:
         if old != ext and os.path.exists(os.path.join(folder, supernet + old)):
             os.remove(os.path.join(folder, supernet + old))
