@@ -57,9 +57,11 @@ class Variant:
     fast_kernels: bool = False
     frozen_teacher: bool = False
     bf16: bool = False
+    batch_mult: int = 1        # batch size x this (the learning rate scales with it: see the loss-curve section)
 
 
-# Levers added one at a time. Today's loop is what `python -m ofa_core.recipe` ran before: one thread (its
+# Levers added one at a time; the last two are measured on top of the optimized loop and are not kept where they
+# do not pay (a larger batch: images/s of a batch twice as large, the learning rate scaled with it). Today's loop is what `python -m ofa_core.recipe` ran before: one thread (its
 # --threads default), NCHW, plain convs, the supernet itself as the teacher.
 def variants(threads: int) -> dict[str, Variant]:
     return {
@@ -68,6 +70,7 @@ def variants(threads: int) -> dict[str, Variant]:
         "+ channels_last": Variant(threads, True),
         "+ fast kernels": Variant(threads, True, True),
         OPTIMIZED: Variant(threads, True, True, True),
+        "optimized + batch x2": Variant(threads, True, True, True, batch_mult=2),
         "optimized + bf16 autocast": Variant(threads, True, True, True, True),
     }
 
@@ -91,8 +94,9 @@ class StepRunner:
             self.teacher = frozen_subnet(teacher, spec.max_config()) if variant.frozen_teacher else teacher
         self.opt = torch.optim.SGD(_param_groups(self.net, 5e-4), lr=0.01, momentum=0.9, nesterov=True)
         g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(batch, 3, 32, 32, generator=g).contiguous(memory_format=fmt)
-        self.y = torch.randint(0, spec.n_classes, (batch,), generator=g)
+        self.batch = batch * variant.batch_mult
+        self.x = torch.randn(self.batch, 3, 32, 32, generator=g).contiguous(memory_format=fmt)
+        self.y = torch.randint(0, spec.n_classes, (self.batch,), generator=g)
         self.rng = np.random.default_rng(seed)
 
     def step(self) -> None:
@@ -114,7 +118,7 @@ def time_variants(spec, phase: Phase, variants: dict, batch: int, rounds: int, s
             t = time.perf_counter()
             for _ in range(steps):
                 r.step()
-            per_round[k].append(batch * steps / (time.perf_counter() - t))
+            per_round[k].append(r.batch * steps / (time.perf_counter() - t))
     return {k: (statistics.median(v), max(v)) for k, v in per_round.items()}
 
 
@@ -209,33 +213,37 @@ def print_eval_cost(spec, train: ImageArray, hold: ImageArray, a) -> None:
 
 
 def print_curves(spec, train: ImageArray, hold: ImageArray, a) -> None:
-    """Today's loop and the optimized one trained from the same seed on the same batches."""
+    """Today's loop and the optimized one trained from the same seed on the same images (the optimized one at
+    its variant's batch, the learning rate scaled linearly with it, so fewer steps over the same epoch)."""
     sub = train.sample(a.curve_steps * a.batch, seed=3)
     held = hold.sample(a.eval_images, seed=0)
-    phases = [Phase("full", 1.0, 0.05, 1, (7,), (6,), (4,), distill=False, warmup_epochs=0.1)]
-    print(f"\n## Same loss curve: {a.curve_steps} steps of the full phase, batch {a.batch}, "
-          f"{len(sub)} training images, held-out accuracy on {len(held)} images\n")
+    m = variants(a.threads)[OPTIMIZED].batch_mult
+    print(f"\n## Same loss curve: one epoch of {len(sub)} training images in the full phase (today: batch "
+          f"{a.batch}, lr 0.05, {a.curve_steps} steps; optimized: batch {m * a.batch}, lr {0.05 * m:g}, "
+          f"{a.curve_steps // m} steps), held-out accuracy on {len(held)} images\n")
     rows = {}
-    for name, (cl, fast) in {"today": (False, False), "optimized": (True, True)}.items():
+    for name, (cl, fast, mult) in {"today": (False, False, 1), "optimized": (True, True, m)}.items():
         torch.set_num_threads(1 if name == "today" else a.threads)
-        cfg = TrainConfig(phases=phases, batch_size=a.batch, seed=0, channels_last=cl, eval_images=len(held),
-                          bn_images=min(2000, len(sub)), checkpoint_every_s=1e9)
+        phases = [Phase("full", 1.0, 0.05 * mult, 1, (7,), (6,), (4,), distill=False, warmup_epochs=0.1)]
+        cfg = TrainConfig(phases=phases, batch_size=a.batch * mult, seed=0, channels_last=cl,
+                          eval_images=len(held), bn_images=min(2000, len(sub)), checkpoint_every_s=1e9)
         losses = []
         out_dir = os.path.join(a.tmp, f"curve-{name}")
         trainer = ProgressiveShrinkingTrainer(spec, cfg, sub, held, out_dir, progress=False)
         kernels = contextlib.nullcontext() if fast else plain_kernels()
+        x, y = next(iterate_batches(sub, a.batch, train=False))
         t = time.perf_counter()
         with kernels:
-            for _ in range(a.curve_steps // 10):
-                trainer.run(resume=True, max_steps=10)
-                x, y = next(iterate_batches(sub, a.batch, train=False))
+            for _ in range(a.curve_steps // 10):            # a loss every 10 x 128 images seen
+                trainer.run(resume=True, max_steps=10 // mult)
                 with torch.no_grad():
                     trainer.net.eval()
                     losses.append(torch.nn.functional.cross_entropy(trainer.net(x), y).item())
                     trainer.net.train()
             acc = trainer.phase_eval()["acc_largest"]
         rows[name] = (losses, acc, time.perf_counter() - t)
-    print("| loop | loss every 10 steps (first batch, eval mode) | held-out acc | seconds |\n|---|---|---|---|")
+    print(f"| loop | loss every {10 * a.batch} images (first batch, eval mode) | held-out acc | seconds |\n"
+          "|---|---|---|---|")
     for k, (losses, acc, t) in rows.items():
         print(f"| {k} | {' '.join(f'{v:.3f}' for v in losses)} | {acc:.4f} | {t:.0f} |")
     diff = max(abs(p - q) for p, q in zip(rows["today"][0], rows["optimized"][0]))

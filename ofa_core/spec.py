@@ -375,3 +375,9 @@ register(SupernetSpec(
     weights_path=os.path.join(_ASSETS, "ofa_mbv3_cifar10.safetensors"), weights_env="OFA_CIFAR10_WEIGHTS",
     predictor_path=os.path.join(_ASSETS, "ofa_mbv3_cifar10_predictor.safetensors"),
     description="The project's default: OFA MobileNetV3 space for 32x32 CIFAR-10, trained by progressive shrinking"))
+register(SupernetSpec(
+    name="ofa_mbv3_cifar10_s1", n_classes=10,
+    width_mult=0.5, stem_stride=1, stage_strides=(1, 2, 2, 1, 1), resolutions=(24, 28, 32), input_range=(8, 128),
+    dropout=0.1, weights_env="OFA_CIFAR10_S1_WEIGHTS",
+    description="The default's elastic space with stem stride 1 (32x32 first stage, 8x8 final maps; ~3.8x the "
+                "MACs): the run for the 90% / 82% targets, trained across sessions (runs/ofa_mbv3_cifar10_s1)"))
