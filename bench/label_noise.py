@@ -1,0 +1,99 @@
+"""How far is one row of the predictor's data set from the sub-network's accuracy? Re-measures the data set's
+first sub-networks with another BN recalibration draw, and on each half of the held-out split, and prints the
+two parts of a row's error that differ between sub-networks (a part common to all of them cannot change a
+ranking) beside the spread of the data set's accuracies.
+
+    python bench/label_noise.py --data ../shared/data/cifar10/cifar10-jpeg.tar.gz --n 40
+
+A row is: BN recalibrated on `--bn-images` training images (seed 0), top-1 on the `--holdout` held-out training
+images (`holdout_split(train, holdout, seed=0)`), as `ofa_core.recipe` measures it; the first check is that the
+rows are reproduced exactly. The held-out part is estimated from the two halves' difference, less the part of it
+that grows linearly with accuracy (an easier half lifts better sub-networks more, which keeps their order): it is the sampling error of a fixed image set, which is the same every time a sub-network is
+measured, so similar sub-networks share much of it and a predictor can learn that much of it too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from ofa_core.bn import preserved_bn_stats, recalibrate_bn  # noqa: E402
+from ofa_core.checkpoint import load_supernet_weights  # noqa: E402
+from ofa_core.data import holdout_split, load_dataset  # noqa: E402
+from ofa_core.mbv3 import build_supernet  # noqa: E402
+from ofa_core.spec import SubnetConfig, get_spec  # noqa: E402
+from ofa_core.training import bn_batches, evaluate, frozen_subnet, like_net  # noqa: E402
+
+
+def measure(supernet, cfg: SubnetConfig, train, halves, bn_images: int, bn_seed: int) -> list[float]:
+    """Top-1 on each of `halves` after one BN recalibration (draw `bn_seed`)."""
+    supernet.set_active(cfg)
+    with preserved_bn_stats(supernet):
+        batches = bn_batches(train, cfg.r, bn_images, seed=bn_seed)
+        recalibrate_bn(supernet, (like_net(x, supernet) for x in batches))
+        net = frozen_subnet(supernet, cfg)
+        return [evaluate(net, h, cfg.r) for h in halves]
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--supernet", default="ofa_mbv3_cifar10")
+    p.add_argument("--rows", default=None, help="the data set (default: the one shipped beside the predictor)")
+    p.add_argument("--n", type=int, default=40, help="sub-networks re-measured (the data set's first n rows)")
+    p.add_argument("--bn-images", type=int, default=2000)
+    p.add_argument("--holdout", type=int, default=10000)
+    p.add_argument("--weights", default=None, help="the supernet's weights (default: its registered file)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache-dir", default="data/cache")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    spec = get_spec(a.supernet)
+    rows_path = a.rows or spec.predictor_path.replace(".safetensors", "_data.jsonl")
+    rows = [json.loads(line) for line in open(rows_path) if line.strip()]
+    net = build_supernet(spec, seed=0)
+    load_supernet_weights(net, a.weights or spec.resolve_weights())
+    net = net.to(memory_format=torch.channels_last).eval()
+    train, hold = holdout_split(load_dataset(a.data, cache_dir=a.cache_dir, progress=False)["train"], a.holdout, seed=0)
+    half = len(hold) // 2
+    halves = [hold.subset(np.arange(half)), hold.subset(np.arange(half, 2 * half))]
+    got = []
+    for i, row in enumerate(rows[:a.n]):
+        cfg = SubnetConfig.from_dict(spec, row["config"])
+        s0 = measure(net, cfg, train, halves, a.bn_images, 0)
+        s1 = measure(net, cfg, train, halves, a.bn_images, 1)
+        got.append((row["acc"], *s0, *s1))
+        print(f"{i + 1}/{len(rows[:a.n])}: row {row['acc']:.4f}; BN draw 0: halves {s0[0]:.4f} {s0[1]:.4f}, mean "
+              f"{np.mean(s0):.4f}; BN draw 1: halves {s1[0]:.4f} {s1[1]:.4f}, mean {np.mean(s1):.4f}", flush=True)
+    g = 100 * np.asarray(got)                                     # pp: row, A0, B0, A1, B1
+    full0, full1 = g[:, 1:3].mean(1), g[:, 3:5].mean(1)
+    bn_sd = float(np.std(full0 - full1, ddof=1) / math.sqrt(2))   # one row's BN-draw noise
+    d = (g[:, 1] - g[:, 2]) + (g[:, 3] - g[:, 4])                 # half A - half B, both draws
+    # an easier half lifts the better sub-networks more (a difference that grows with accuracy keeps their order):
+    # the part of the halves' difference that a straight line in accuracy does not explain is what can reorder
+    mean_acc = (full0 + full1) / 2
+    resid = d / 2 - np.polyval(np.polyfit(mean_acc, d / 2, 1), mean_acc)
+    eval_sd = float(np.sqrt(np.sum(resid ** 2) / (len(resid) - 2)) / 2)
+    noise = math.hypot(bn_sd, eval_sd)
+    spread = float(np.std([100 * r["acc"] for r in rows]))
+    out = {"n": len(got), "rows_reproduced_max_diff_pp": float(np.max(np.abs(full0 - g[:, 0]))),
+           "bn_draw_sd_pp": bn_sd, "eval_split_sd_pp": eval_sd, "label_noise_sd_pp": noise,
+           "dataset_sd_pp": spread}
+    print("\n| part of a row's noise | sd, pp |\n|---|---|")
+    print(f"| BN recalibration draw ({a.bn_images} images) | {bn_sd:.3f} |")
+    print(f"| which {2 * half} held-out images (sub-network-specific part) | {eval_sd:.3f} |")
+    print(f"| both | {noise:.3f} |")
+    print(f"\nthe data set's accuracies: sd {spread:.3f} pp over {len(rows)} rows; the first {len(got)} rows reproduced "
+          f"to {out['rows_reproduced_max_diff_pp']:.3f} pp")
+    return out
+
+
+if __name__ == "__main__":
+    main()
