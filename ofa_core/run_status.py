@@ -113,10 +113,13 @@ def measure(trainer: ProgressiveShrinkingTrainer, train, test, bn_images: int) -
 
 def _where(st: dict) -> str:
     if len(st["phases_done"]) == st["n_phases"]:
-        rows = st.get("predictor_rows", 0)
-        return (f"- training **finished** (all {st['n_phases']} phases: {', '.join(st['phases_done'])}); the predictor "
-                f"data set holds {rows} measured sub-networks (`predictor_data.jsonl`), the recipe measures the rest "
-                "and then builds the predictor and the assets")
+        rows, planned = st.get("predictor_rows", 0), st.get("predictor_planned")
+        done = f"- training **finished** (all {st['n_phases']} phases: {', '.join(st['phases_done'])}); "
+        if planned and rows >= planned:
+            return done + (f"all {planned} predictor sub-networks are measured (`predictor_data.jsonl`): the recipe "
+                           "builds the predictor and the assets from them without measuring again")
+        return done + (f"the predictor data set holds {rows} measured sub-networks (`predictor_data.jsonl`), the "
+                       "recipe measures the rest and then builds the predictor and the assets")
     return (f"- phase **{st['phase_index'] + 1}/{st['n_phases']} `{st['phase']}`**, step {st['step']} of "
             f"{st['phase_steps']} ({100 * st['step'] / st['phase_steps']:.1f}% of the phase); "
             f"phases done: {', '.join(st['phases_done']) or 'none'}")
@@ -143,7 +146,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m ofa_core.run_status", description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="the run directory (last.pt, log.jsonl)")
     p.add_argument("--data")
-    p.add_argument("--supernet", default="ofa_mbv3_cifar10")
+    p.add_argument("--supernet", default=None, help="default: the one the checkpoint was trained for")
+    p.add_argument("--predictor-subnets", type=int, default=1000, help="the recipe's planned predictor rows")
     p.add_argument("--out", help="where STATUS.md / status.json (and with --keep, last.pt) go")
     p.add_argument("--keep", action="store_true", help="keep the checkpoint in --out as last.<part>.pt files")
     p.add_argument("--restore", default=None, metavar="KEPT_DIR",
@@ -159,13 +163,15 @@ def main(argv=None) -> dict:
     if not (a.data and a.out):
         p.error("--data and --out are required (unless --restore)")
     torch.set_num_threads(a.threads)
-    spec = get_spec(a.supernet)
-    splits = load_dataset(a.data, cache_dir=a.cache_dir, progress=False)
-    train, hold = holdout_split(splits["train"], a.holdout, seed=0)
     os.makedirs(a.out, exist_ok=True)
     snapshot = os.path.join(a.out, "last.pt")
     copy_replacing(os.path.join(a.run, "last.pt"), snapshot)   # one consistent file while the run saves
-    saved = json.loads(torch.load(snapshot, map_location="cpu", weights_only=True)["config"])
+    payload = torch.load(snapshot, map_location="cpu", weights_only=True)
+    spec = get_spec(a.supernet or payload["spec"])
+    saved = json.loads(payload["config"])
+    del payload
+    splits = load_dataset(a.data, cache_dir=a.cache_dir, progress=False)
+    train, hold = holdout_split(splits["train"], a.holdout, seed=0)
     phases = [Phase(**{**ph, **{k: tuple(v) for k, v in ph.items() if isinstance(v, list)}})
               for ph in saved["phases"]]
     cfg = TrainConfig(phases=phases, batch_size=saved["batch_size"], channels_last=True)
@@ -183,6 +189,7 @@ def main(argv=None) -> dict:
           "resume_command": f"python -m ofa_core.recipe --data <cifar10-jpeg.tar.gz> --run {os.path.abspath(a.run)} "
                             f"--supernet {spec.name} --assets <dir> --threads 2",
           "predictor_rows": _count_rows(os.path.join(a.run, "predictor_data.jsonl")),
+          "predictor_planned": a.predictor_subnets,
           "test_images": len(splits["test"]), "bn_images": a.bn_images,
           "test_acc": measure(trainer, train, splits["test"], a.bn_images)}
     if a.keep:

@@ -77,3 +77,32 @@ def test_interim_assets_from_the_rows_measured_so_far(tmp_path):
     assert "Interim predictor" in card and "an ensemble of 2 averaged into one MLP" in card
     assert AccuracyPredictor.load(str(assets / f"{TINY_R.name}_predictor.safetensors"), spec=TINY_R).metrics["n_train"] + \
         AccuracyPredictor.load(str(assets / f"{TINY_R.name}_predictor.safetensors"), spec=TINY_R).metrics["n_val"] == 9
+
+
+TINY_S = register(dataclasses.replace(TINY, name="tiny_status_test"))
+
+
+def test_run_status_keeps_a_run_and_restores_it_on_a_new_machine(tmp_path):
+    """run_status reads the supernet from the checkpoint, says how far the run is, keeps the parts under
+    --out, and --restore rebuilds a run directory from them that the recipe resumes without new steps."""
+    from ofa_core import run_status
+    torch.set_num_threads(1)
+    root = make_images(str(tmp_path / "ds"), n_per_class=14)
+    args = ["--data", root, "--supernet", TINY_S.name, "--assets", str(tmp_path / "assets"), "--scale", "0.02",
+            "--batch-size", "6", "--holdout", "6", "--threads", "1", "--predictor-subnets", "6", "--bn-images", "12",
+            "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    rep = recipe.main(args + ["--run", str(tmp_path / "run")])
+    kept = tmp_path / "kept"
+    st = run_status.main(["--run", str(tmp_path / "run"), "--data", root, "--out", str(kept), "--keep", "--holdout",
+                          "6", "--bn-images", "12", "--predictor-subnets", "6", "--cache-dir", str(tmp_path / "cache")])
+    assert st["supernet"] == TINY_S.name and st["predictor_rows"] == 6
+    status = (kept / "STATUS.md").read_text()
+    assert "training **finished**" in status and "all 6 predictor sub-networks are measured" in status
+    assert f"--supernet {TINY_S.name}" in status
+    assert json.loads((kept / "status.json").read_text())["checkpoint_sha256"] == st["checkpoint_sha256"]
+    assert {"last.model.pt", "log.jsonl", "predictor_data.jsonl"} <= set(os.listdir(kept))
+    assert not (kept / "last.pt").exists()                               # only the parts are kept
+    run_status.main(["--restore", str(kept), "--run", str(tmp_path / "new-machine")])
+    rep2 = recipe.main(args + ["--run", str(tmp_path / "new-machine")])
+    assert rep2["timings"]["training_s"] == rep["timings"]["training_s"]     # nothing trained again
+    assert rep2["predictor_subnets"] == 6 and rep2["test_acc"] == rep["test_acc"]
