@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import time
 
 import torch
@@ -95,7 +94,7 @@ def join_checkpoint(kept_dir: str, run_dir: str) -> str:
     os.makedirs(run_dir, exist_ok=True)
     for name in TEXT_FILES:
         if os.path.exists(os.path.join(kept_dir, name)) and not os.path.exists(os.path.join(run_dir, name)):
-            shutil.copyfile(os.path.join(kept_dir, name), os.path.join(run_dir, name))
+            copy_replacing(os.path.join(kept_dir, name), os.path.join(run_dir, name))
     dst = os.path.join(run_dir, "last.pt")
     with replacing(dst) as tmp:
         torch.save(payload, tmp)
