@@ -24,22 +24,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ofa_core.bn import preserved_bn_stats, recalibrate_bn  # noqa: E402
 from ofa_core.checkpoint import load_supernet_weights  # noqa: E402
 from ofa_core.data import holdout_split, load_dataset  # noqa: E402
 from ofa_core.mbv3 import build_supernet  # noqa: E402
 from ofa_core.spec import SubnetConfig, get_spec  # noqa: E402
-from ofa_core.training import bn_batches, evaluate, frozen_subnet, like_net  # noqa: E402
-
-
-def measure(supernet, cfg: SubnetConfig, train, halves, bn_images: int, bn_seed: int) -> list[float]:
-    """Top-1 on each of `halves` after one BN recalibration (draw `bn_seed`)."""
-    supernet.set_active(cfg)
-    with preserved_bn_stats(supernet):
-        batches = bn_batches(train, cfg.r, bn_images, seed=bn_seed)
-        recalibrate_bn(supernet, (like_net(x, supernet) for x in batches))
-        net = frozen_subnet(supernet, cfg)
-        return [evaluate(net, h, cfg.r) for h in halves]
+from ofa_core.training import evaluate_subnet_on  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -67,8 +56,8 @@ def main(argv=None) -> dict:
     got = []
     for i, row in enumerate(rows[:a.n]):
         cfg = SubnetConfig.from_dict(spec, row["config"])
-        s0 = measure(net, cfg, train, halves, a.bn_images, 0)
-        s1 = measure(net, cfg, train, halves, a.bn_images, 1)
+        s0 = evaluate_subnet_on(net, cfg, train, halves, a.bn_images, bn_seed=0)
+        s1 = evaluate_subnet_on(net, cfg, train, halves, a.bn_images, bn_seed=1)
         got.append((row["acc"], *s0, *s1))
         print(f"{i + 1}/{len(rows[:a.n])}: row {row['acc']:.4f}; BN draw 0: halves {s0[0]:.4f} {s0[1]:.4f}, mean "
               f"{np.mean(s0):.4f}; BN draw 1: halves {s1[0]:.4f} {s1[1]:.4f}, mean {np.mean(s1):.4f}", flush=True)

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -153,12 +153,20 @@ def evaluate_subnet(supernet: OFAMobileNetV3, cfg: SubnetConfig, train: ImageArr
                     bn_images: int = 2000, device: str = "cpu") -> float:
     """Accuracy of one sub-network on `holdout` after BN recalibration on `train`; the supernet's own BN
     statistics are left untouched."""
+    return evaluate_subnet_on(supernet, cfg, train, [holdout], bn_images, device=device)[0]
+
+
+def evaluate_subnet_on(supernet: OFAMobileNetV3, cfg: SubnetConfig, train: ImageArray, evals: Sequence[ImageArray],
+                       bn_images: int = 2000, bn_seed: int = 0, device: str = "cpu") -> list[float]:
+    """`evaluate_subnet` on each of `evals` after one BN recalibration (the images drawn by `bn_seed`)."""
     supernet.set_active(cfg)
     with preserved_bn_stats(supernet):
-        recalibrate_bn(supernet, (like_net(x, supernet) for x in bn_batches(train, cfg.r, bn_images, device=device)))
+        batches = bn_batches(train, cfg.r, bn_images, seed=bn_seed, device=device)
+        recalibrate_bn(supernet, (like_net(x, supernet) for x in batches))
         # freezing costs about a second; it pays from about a thousand images on
-        net = frozen_subnet(supernet, cfg) if device == "cpu" and len(holdout) >= FREEZE_FROM else supernet
-        return evaluate(net, holdout, cfg.r, device=device)
+        freeze = device == "cpu" and sum(len(h) for h in evals) >= FREEZE_FROM
+        net = frozen_subnet(supernet, cfg) if freeze else supernet
+        return [evaluate(net, h, cfg.r, device=device) for h in evals]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from ofa_core.bn import preserved_bn_stats, recalibrate_bn
 from ofa_core.data import augment, holdout_split, iterate_batches, load_dataset, load_image_folder
 from ofa_core.mbv3 import build_supernet
 from ofa_core.spec import SupernetSpec, get_spec
-from ofa_core.training import (ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet, one_shot_phases,
-                               progressive_shrinking_phases)
+from ofa_core import training
+from ofa_core.training import (ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet, evaluate_subnet_on,
+                               one_shot_phases, progressive_shrinking_phases)
 
 TINY = dataclasses.replace(get_spec("ofa_mbv3_cifar10"), name="tiny_test", width_mult=0.25, n_classes=3,
                            base_widths=(8, 8, 8, 16, 16, 24, 24, 48, 64), resolutions=(12, 16), weights_path=None,
@@ -103,6 +104,29 @@ def test_bn_recalibration_averages_batch_statistics():
     torch.testing.assert_close(bn.running_mean, before)          # restored on exit
     with pytest.raises(ValueError):
         recalibrate_bn(net, [])
+
+
+def test_evaluate_subnet_on_several_sets_after_one_recalibration(tmp_path, monkeypatch):
+    splits = load_dataset(make_images(str(tmp_path / "ds"), n_per_class=20), progress=False)
+    train, hold = holdout_split(splits["train"], 24, seed=0)
+    halves = [hold.subset(np.arange(12)), hold.subset(np.arange(12, 24))]
+    net = build_supernet(TINY, seed=0).eval()
+    cfg = TINY.min_config(16)
+    stats = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    seed0 = evaluate_subnet_on(net, cfg, train, [hold, *halves], bn_images=24, bn_seed=0)
+    assert seed0[0] == evaluate_subnet(net, cfg, train, hold, bn_images=24)       # the recipe's measurement
+    assert seed0[0] == pytest.approx((seed0[1] + seed0[2]) / 2)                     # same BN for every set
+    monkeypatch.setattr(training, "FREEZE_FROM", 1)                                 # the frozen cut-out agrees
+    assert evaluate_subnet_on(net, cfg, train, [hold, *halves], bn_images=24, bn_seed=0) == seed0
+    drawn = []
+    real = training.recalibrate_bn
+    monkeypatch.setattr(training, "recalibrate_bn", lambda n, b: real(n, [drawn.append(x) or x for x in b]))
+    for seed in (0, 1):
+        evaluate_subnet_on(net, cfg, train, [hold], bn_images=24, bn_seed=seed)
+    assert not torch.equal(drawn[0], drawn[1])                                      # another BN draw
+    for k, v in net.state_dict().items():                                           # supernet stats untouched
+        if k in stats:
+            torch.testing.assert_close(v, stats[k])
 
 
 def _trainer(tmp, schedule="progressive", steps_scale=1.0):
