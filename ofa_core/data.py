@@ -38,6 +38,10 @@ class ImageArray:
     def subset(self, idx: np.ndarray) -> "ImageArray":
         return ImageArray(self.images[idx], self.labels[idx], self.classes)
 
+    def mirrored(self) -> "ImageArray":
+        """The same images flipped left-right (same labels)."""
+        return ImageArray(np.ascontiguousarray(self.images[:, :, ::-1]), self.labels, self.classes)
+
     def sample(self, n: int, seed: int = 0) -> "ImageArray":
         """A seeded random subset of n images (files are often stored class by class, so never take the
         first n)."""

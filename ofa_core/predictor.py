@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .spec import SubnetConfig, SupernetSpec, active_mask, as_encoded_batch, canonicalize_encoded, get_spec
-from .fileio import replacing
+from .fileio import replacing, write_text_replacing
 
 ENCODINGS = ("published", "onehot")
 PUBLISHED_RES_SLOTS = 8
@@ -531,27 +531,64 @@ def _train_one(enc: np.ndarray, acc: np.ndarray, spec: SupernetSpec | str, *, en
 # ----------------------------------------------------------------------------------------------------
 # Data-set builder
 # ----------------------------------------------------------------------------------------------------
-def read_predictor_dataset(path: str | os.PathLike, spec: SupernetSpec | str) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of a JSONL data set -> (enc (N, W) int32, acc (N,) float64). Truncated last lines are ignored."""
-    spec = get_spec(spec) if isinstance(spec, str) else spec
-    encs, accs = [], []
-    if not os.path.exists(path):
-        return np.zeros((0, spec.enc_width), np.int32), np.zeros(0)
+LABELS = {"acc": "top-1 on the held-out images",
+          "mirror_avg": "the mean of top-1 on the held-out images and on their mirror images (one BN recalibration)"}
+ROW_FIELDS = ("acc", "acc_mirrored")     # measured fields a row may hold, each an accuracy in 0..1
+
+
+def row_label(row: Mapping[str, Any], label: str = "acc") -> float:
+    """The accuracy a predictor trains on, from one data-set row: `acc`, or with label "mirror_avg" the mean of
+    `acc` and `acc_mirrored` (same estimate of the accuracy over the image distribution, about a fifth less
+    sampling noise between sub-networks on CIFAR-10: `bench/pairwise_noise.py`)."""
+    if label not in LABELS:
+        raise PredictorError(f"label must be one of {sorted(LABELS)}, got {label!r}")
+    if label == "acc":
+        return float(row["acc"])
+    if "acc_mirrored" not in row:
+        raise PredictorError(f"row {row.get('i')} has no acc_mirrored: label 'mirror_avg' needs every row measured "
+                             "on the mirror images too (`fill_mirrored_rows`, or the recipe with --label mirror_avg)")
+    return (float(row["acc"]) + float(row["acc_mirrored"])) / 2
+
+
+def _read_rows(path: str | os.PathLike) -> list[dict]:
+    rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.strip()
             if not line:
                 continue
             try:
-                row = json.loads(line)
+                rows.append(json.loads(line))
             except json.JSONDecodeError:
                 continue       # a torn write at the end of an interrupted run
-            cfg = SubnetConfig.from_dict(spec, row["config"])
-            encs.append(cfg.encode())
-            accs.append(float(row["acc"]))
-    if not encs:
+    return rows
+
+
+def read_predictor_dataset(path: str | os.PathLike, spec: SupernetSpec | str,
+                           label: str = "acc") -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a JSONL data set -> (enc (N, W) int32, acc (N,) float64), acc per `row_label(row, label)`.
+    Truncated last lines are ignored."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    rows = _read_rows(path) if os.path.exists(path) else []
+    if not rows:
         return np.zeros((0, spec.enc_width), np.int32), np.zeros(0)
-    return np.stack(encs).astype(np.int32), np.asarray(accs)
+    encs = [SubnetConfig.from_dict(spec, row["config"]).encode() for row in rows]
+    return np.stack(encs).astype(np.int32), np.asarray([row_label(row, label) for row in rows])
+
+
+def _measured_fields(got: Any, i: int) -> dict[str, float]:
+    """An eval_fn's answer (an accuracy, or a mapping of ROW_FIELDS with "acc") -> the row's measured fields."""
+    fields = dict(got) if isinstance(got, Mapping) else {"acc": got}
+    if "acc" not in fields or set(fields) - set(ROW_FIELDS):
+        raise PredictorError(f"eval_fn returned fields {sorted(fields)} for row {i}; expected acc and optionally "
+                             f"{list(ROW_FIELDS[1:])}")
+    out = {}
+    for k, v in fields.items():
+        v = float(v)
+        if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+            raise PredictorError(f"eval_fn returned {k}={v!r} for row {i}; expected an accuracy in 0..1")
+        out[k] = v
+    return out
 
 
 def build_predictor_dataset(supernet: Any, spec: SupernetSpec | str, n: int,
@@ -560,11 +597,13 @@ def build_predictor_dataset(supernet: Any, spec: SupernetSpec | str, n: int,
                             resolutions: tuple[int, ...] | None = None,
                             stratified: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Sample `n` sub-networks (uniform genes, or `stratified` over the size range), measure each with
-    `eval_fn(supernet, cfg) -> accuracy in 0..1`, append JSONL rows.
+    `eval_fn(supernet, cfg) -> accuracy in 0..1` (or a mapping of `ROW_FIELDS`, "acc" among them), append JSONL
+    rows.
 
     The sample sequence is determined by `rng` alone (all `n` configs are drawn up front), so a resumed run skips
     the rows already in `out_path` (matched by config) and measures only the rest. Each row:
-    ``{"i": index, "config": {...}, "acc": float, "seconds": float}``. Returns the full (enc, acc) data set.
+    ``{"i": index, "config": {...}, "acc": float, ["acc_mirrored": float,] "seconds": float}``. Returns the full
+    (enc, acc) data set (plain `acc`).
     """
     spec = get_spec(spec) if isinstance(spec, str) else spec
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -590,10 +629,8 @@ def build_predictor_dataset(supernet: Any, spec: SupernetSpec | str, n: int,
             for i in todo:
                 cfg = SubnetConfig.from_encoded(spec, encs[i])
                 t0 = time.perf_counter()
-                acc = float(eval_fn(supernet, cfg))
-                if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
-                    raise PredictorError(f"eval_fn returned {acc!r} for row {i}; expected an accuracy in 0..1")
-                f.write(json.dumps({"i": i, "config": cfg.to_dict(), "acc": acc,
+                fields = _measured_fields(eval_fn(supernet, cfg), i)
+                f.write(json.dumps({"i": i, "config": cfg.to_dict(), **fields,
                                     "seconds": round(time.perf_counter() - t0, 4)}) + "\n")
                 f.flush()
                 if bar is not None:
@@ -602,6 +639,54 @@ def build_predictor_dataset(supernet: Any, spec: SupernetSpec | str, n: int,
         if bar is not None:
             bar.close()
     return read_predictor_dataset(out_path, spec)
+
+
+def fill_mirrored_rows(path: str | os.PathLike, spec: SupernetSpec | str, supernet: Any,
+                       eval_fn: Callable[[Any, SubnetConfig, bool], Mapping[str, float]], *, verify_every: int = 25,
+                       save_every: int = 20, progress: bool = True) -> int:
+    """Give every row of the data set at `path` that lacks it an `acc_mirrored`, so that it can train with label
+    "mirror_avg". `eval_fn(supernet, cfg, plain)` measures the mirrored accuracy, and with `plain` the row's
+    `acc` again under the same BN recalibration: that is done for the first row filled and every
+    `verify_every`-th after it, and a row whose `acc` does not come out the same (another supernet, hold-out split
+    or BN draw than the ones that measured the data set) stops the fill with an error before that row is written.
+    The file is rewritten atomically every `save_every` rows, so an interrupted fill resumes where it stopped.
+    Returns the number of rows filled."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    rows = _read_rows(path)
+    todo = [k for k, row in enumerate(rows) if "acc_mirrored" not in row]
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+        bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="mirrored accuracies", unit="subnet")
+
+    def save():
+        write_text_replacing(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    try:
+        for n_done, k in enumerate(todo):
+            row = rows[k]
+            verify = n_done % max(1, verify_every) == 0
+            t0 = time.perf_counter()
+            got = _measured_fields({"acc": row["acc"], **eval_fn(supernet, SubnetConfig.from_dict(spec, row["config"]),
+                                                                verify)}, row.get("i", k))
+            if "acc_mirrored" not in got:
+                raise PredictorError(f"eval_fn gave no acc_mirrored for row {row.get('i', k)}")
+            if verify and got["acc"] != float(row["acc"]):
+                raise PredictorError(f"row {row.get('i', k)} measured {got['acc']:.6f}, its data set says "
+                                     f"{float(row['acc']):.6f}: the supernet, hold-out split or BN recalibration "
+                                     "differ from the ones that measured the data set; nothing more was written")
+            row["acc_mirrored"] = got["acc_mirrored"]
+            row["seconds_mirrored"] = round(time.perf_counter() - t0, 4)
+            if (n_done + 1) % max(1, save_every) == 0:
+                save()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if todo:
+            save()
+        if bar is not None:
+            bar.close()
+    return len(todo)
 
 
 def _lookup(values) -> np.ndarray:

@@ -23,10 +23,11 @@ from safetensors.torch import save_file
 from .data import holdout_split, load_dataset
 from .fileio import copy_replacing, replacing
 from .profiler import host_environment
-from .predictor import build_predictor_dataset, read_predictor_dataset, train_predictor
+from .predictor import (LABELS, build_predictor_dataset, fill_mirrored_rows, read_predictor_dataset,
+                        train_predictor)
 from .spec import SubnetConfig, SupernetSpec, get_spec
-from .training import ProgressiveShrinkingTrainer, TrainConfig, cifar_phases, evaluate_subnet, \
-    progressive_shrinking_phases
+from .training import (ProgressiveShrinkingTrainer, TrainConfig, cifar_phases, evaluate_subnet, evaluate_subnet_on,
+                       progressive_shrinking_phases)
 
 
 def probe_configs(spec: SupernetSpec, r: int) -> list[tuple[str, SubnetConfig]]:
@@ -71,6 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--holdout", type=int, default=10000)
     p.add_argument("--predictor-subnets", type=int, default=1000)
     p.add_argument("--bn-images", type=int, default=2000)
+    p.add_argument("--label", choices=sorted(LABELS), default="acc",
+                   help="what the predictor learns: acc (top-1 on the hold-out split) or mirror_avg (its mean with "
+                        "top-1 on the mirror images, measured under the same BN recalibration: less sampling noise "
+                        "between sub-networks; rows measured without it are filled in first)")
     p.add_argument("--predictor-ensemble", type=int, default=1,
                    help="members of the predictor's ensemble (averaged into one MLP; see train_predictor)")
     p.add_argument("--threads", type=int, default=2)
@@ -111,10 +116,20 @@ def predictor_data(a: argparse.Namespace, spec: SupernetSpec, net, train, hold) 
             raise SystemExit(f"--interim: {path} holds {len(acc)} measured sub-networks, fewer than --min-rows "
                              f"{a.min_rows}")
     else:
-        enc, acc = build_predictor_dataset(
-            net, spec, a.predictor_subnets, lambda n, c: evaluate_subnet(n, c, train, hold, a.bn_images), path,
-            rng=a.seed, resume=True, progress=not a.no_progress, stratified=True)
-    seconds = round(sum(json.loads(line)["seconds"] for line in open(path) if line.strip()), 1)
+        mirror = hold.mirrored() if a.label == "mirror_avg" else None
+
+        def measure(n, c, plain: bool = True) -> dict:
+            sets = ([hold] if plain else []) + ([mirror] if mirror is not None else [])
+            names = (["acc"] if plain else []) + (["acc_mirrored"] if mirror is not None else [])
+            return dict(zip(names, evaluate_subnet_on(n, c, train, sets, a.bn_images)))
+
+        if mirror is not None and os.path.exists(path):     # rows measured before: their mirror images first
+            fill_mirrored_rows(path, spec, net, measure, progress=not a.no_progress)
+        build_predictor_dataset(net, spec, a.predictor_subnets, measure, path, rng=a.seed, resume=True,
+                                progress=not a.no_progress, stratified=True)
+    enc, acc = read_predictor_dataset(path, spec, label=a.label)
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    seconds = round(sum(r["seconds"] + r.get("seconds_mirrored", 0.0) for r in rows), 1)
     return enc, acc, path, seconds
 
 
@@ -166,6 +181,7 @@ def main(argv=None) -> dict:
               "test_images": len(test), "train_config": trainer.cfg.to_json(), "phase_log": phase_log,
               "test_acc": test_acc, "probe_test_acc": probes, "predictor_metrics": metrics,
               "predictor_subnets": int(len(acc)), "predictor_subnets_planned": a.predictor_subnets,
+              "predictor_label": a.label,
               "interim": a.interim, "timings": timings,
               "machine": {"cpu": host_environment(a.threads)["cpu_model"], "threads": a.threads, "torch": torch.__version__,
                           "python": platform.python_version()},
@@ -228,7 +244,8 @@ def model_card(rep: dict) -> str:
     members = f", an ensemble of {m['ensemble']} averaged into one MLP" if m.get("ensemble", 1) > 1 else ""
     L += ["", "## Accuracy predictor", "",
           f"MLP {m.get('encoding')} encoding{members}, trained on {m['n_train']} and validated on {m['n_val']} of "
-          f"{rep['predictor_subnets']} sub-networks measured on the hold-out split: held-out RMSE "
+          f"{rep['predictor_subnets']} sub-networks measured on the hold-out split (label: "
+          f"{LABELS[rep.get('predictor_label', 'acc')]}): held-out RMSE "
           f"**{m['val_rmse_pp']:.3f} pp**, Kendall tau **{m['val_kendall_tau']:.3f}** (train RMSE "
           f"{m['train_rmse_pp']:.3f} pp, tau {m['train_kendall_tau']:.3f}). The data set (each row a sub-network's "
           f"config, its measured accuracy and the seconds it took) is `{rep['supernet']}_predictor_data.jsonl`; "

@@ -1,9 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 
-from ofa_core.predictor import (AccuracyPredictor, PredictorError, build_predictor_dataset, kendall_tau,
-                                train_predictor)
-from ofa_core.spec import get_spec
+from ofa_core.predictor import (AccuracyPredictor, PredictorError, build_predictor_dataset, fill_mirrored_rows,
+                                kendall_tau, read_predictor_dataset, train_predictor)
+from ofa_core.spec import SubnetConfig, get_spec
 
 
 def test_reproduces_published(published_predictor):
@@ -66,6 +68,72 @@ def test_dataset_builder_resumes(tmp_path):
     np.testing.assert_array_equal(np.sort(acc2), np.sort(acc))
     with pytest.raises(PredictorError):
         build_predictor_dataset(None, spec, 2, lambda n, c: 80.0, tmp_path / "x.jsonl", rng=0, progress=False)
+
+
+def _fake_eval(cfg, mirrored: bool) -> float:
+    """A deterministic stand-in for a measurement: depends on the config, differs between the two views."""
+    return 0.5 + 0.01 * sum(cfg.d) + (0.003 * cfg.ks[0] if mirrored else 0.0)
+
+
+def test_rows_with_mirrored_accuracy_and_the_mirror_avg_label(tmp_path):
+    spec = get_spec("ofa_mbv3_cifar10")
+    out = tmp_path / "rows.jsonl"
+    enc, acc = build_predictor_dataset(
+        None, spec, 5, lambda n, c: {"acc": _fake_eval(c, False), "acc_mirrored": _fake_eval(c, True)}, out,
+        rng=1, progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(set(r) == {"i", "config", "acc", "acc_mirrored", "seconds"} for r in rows)
+    enc_m, avg = read_predictor_dataset(out, spec, label="mirror_avg")
+    np.testing.assert_array_equal(enc_m, enc)
+    np.testing.assert_allclose(avg, [(r["acc"] + r["acc_mirrored"]) / 2 for r in rows])
+    np.testing.assert_allclose(acc, [r["acc"] for r in rows])              # the plain label by default
+    with pytest.raises(PredictorError, match="label must be one of"):
+        read_predictor_dataset(out, spec, label="mirror")
+    plain = tmp_path / "plain.jsonl"
+    build_predictor_dataset(None, spec, 3, lambda n, c: _fake_eval(c, False), plain, rng=1, progress=False)
+    with pytest.raises(PredictorError, match="row 0 has no acc_mirrored"):
+        read_predictor_dataset(plain, spec, label="mirror_avg")
+    for bad, msg in (({"acc_mirrored": 0.5}, "expected acc"), ({"acc": 0.5, "top5": 0.9}, "expected acc"),
+                     ({"acc": 0.5, "acc_mirrored": 1.5}, "acc_mirrored=1.5")):
+        with pytest.raises(PredictorError, match=msg):
+            build_predictor_dataset(None, spec, 2, lambda n, c, b=bad: b, tmp_path / "bad.jsonl", rng=0,
+                                    progress=False)
+
+
+def test_fill_mirrored_rows_verifies_resumes_and_stops_on_a_mismatch(tmp_path):
+    spec = get_spec("ofa_mbv3_cifar10")
+    path = tmp_path / "rows.jsonl"
+    build_predictor_dataset(None, spec, 7, lambda n, c: _fake_eval(c, False), path, rng=2, progress=False)
+    calls = []
+
+    def ev(net, cfg, plain, fail_at=None):
+        if len(calls) == fail_at:
+            raise RuntimeError("worker killed")
+        calls.append(plain)
+        got = {"acc_mirrored": _fake_eval(cfg, True)}
+        return {"acc": _fake_eval(cfg, False), **got} if plain else got
+
+    with pytest.raises(RuntimeError):                                        # interrupted after 4 rows
+        fill_mirrored_rows(path, spec, None, lambda n, c, p: ev(n, c, p, fail_at=4), verify_every=3,
+                           save_every=100, progress=False)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 7 and sum("acc_mirrored" in r for r in rows) == 4      # kept what it had measured
+    assert calls == [True, False, False, True]                               # the first of every 3 re-measured
+    assert fill_mirrored_rows(path, spec, None, ev, verify_every=3, progress=False) == 3   # resumes: the rest
+    assert calls[4:] == [True, False, False]
+    _, avg = read_predictor_dataset(path, spec, label="mirror_avg")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        cfg = SubnetConfig.from_dict(spec, r["config"])
+        assert r["acc_mirrored"] == _fake_eval(cfg, True) and r["acc"] == _fake_eval(cfg, False)
+    assert fill_mirrored_rows(path, spec, None, ev, progress=False) == 0     # nothing left to fill
+    # a measurement that does not reproduce the row's accuracy stops before that row is written
+    other = tmp_path / "other.jsonl"
+    build_predictor_dataset(None, spec, 3, lambda n, c: _fake_eval(c, False), other, rng=4, progress=False)
+    before = other.read_text()
+    with pytest.raises(PredictorError, match="row 0 measured .* its data set says"):
+        fill_mirrored_rows(other, spec, None, lambda n, c, p: {"acc": 0.1, "acc_mirrored": 0.2}, progress=False)
+    assert other.read_text() == before
 
 
 def test_fast_path_matches_plain_mlp(published_predictor):

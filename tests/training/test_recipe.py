@@ -106,3 +106,27 @@ def test_run_status_keeps_a_run_and_restores_it_on_a_new_machine(tmp_path):
     rep2 = recipe.main(args + ["--run", str(tmp_path / "new-machine")])
     assert rep2["timings"]["training_s"] == rep["timings"]["training_s"]     # nothing trained again
     assert rep2["predictor_subnets"] == 6 and rep2["test_acc"] == rep["test_acc"]
+
+
+def test_mirror_avg_label_fills_the_rows_measured_before_and_trains_on_it(tmp_path):
+    """--label mirror_avg on a finished run measures only the mirror images (each verified row reproduces its
+    plain accuracy under the same BN recalibration), retrains on the mean, and the card says which label."""
+    torch.set_num_threads(1)
+    root = make_images(str(tmp_path / "ds"), n_per_class=14)
+    run, assets = tmp_path / "run", tmp_path / "assets"
+    common = ["--data", root, "--supernet", TINY_R.name, "--run", str(run), "--assets", str(assets),
+              "--scale", "0.02", "--batch-size", "6", "--holdout", "6", "--threads", "1", "--bn-images", "12",
+              "--no-progress", "--cache-dir", str(tmp_path / "cache"), "--predictor-subnets", "10"]
+    rep = recipe.main(common)
+    plain = (run / "predictor_data.jsonl").read_text().splitlines()
+    (run / "predictor_data.jsonl").write_text("\n".join(plain[:7]) + "\n")     # as if stopped after 7 of 10
+    rep2 = recipe.main(common + ["--label", "mirror_avg"])
+    rows = [json.loads(line) for line in open(run / "predictor_data.jsonl")]
+    assert len(rows) == 10 and all("acc_mirrored" in r for r in rows)
+    assert [r["acc"] for r in rows] == [json.loads(line)["acc"] for line in plain]   # the same measurements
+    assert all("seconds_mirrored" in r for r in rows[:7]) and not any("seconds_mirrored" in r for r in rows[7:])
+    assert rep2["timings"]["training_s"] == rep["timings"]["training_s"]      # nothing trained again
+    assert rep2["predictor_label"] == "mirror_avg"
+    labels = [(r["acc"] + r["acc_mirrored"]) / 2 for r in rows]
+    assert rep2["predictor_metrics"]["mean_acc"] == pytest.approx(np.mean(labels))
+    assert "mean of top-1 on the held-out images and on their mirror images" in (assets / "MODEL_CARD.md").read_text()

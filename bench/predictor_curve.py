@@ -1,0 +1,90 @@
+"""How the accuracy predictor's held-out ranking grows with the number of measured sub-networks.
+
+    python -m bench.predictor_curve [--data ofa_core/assets/ofa_mbv3_cifar10_predictor_data.jsonl]
+
+One fixed held-out split (`--val` rows, drawn by `--split-seed`); the training rows are the first n of a
+seeded permutation of the rest, for each n in `--ns` and each seed in `--seeds`. Every fit is
+`ofa_core.predictor.train_predictor` with the service's defaults. Prints held-out RMSE (pp) and Kendall tau per
+n (mean and spread over seeds), then the tau a predictor with no error other than independent Gaussian label
+noise of sd sigma would reach on these labels, for a few sigma: where the curve flattens against that line,
+more rows stop paying and only less label noise (more held-out images per row) does.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+
+from ofa_core.predictor import kendall_tau, read_predictor_dataset, train_predictor
+from ofa_core.spec import get_spec
+
+DEFAULT_DATA = "ofa_core/assets/ofa_mbv3_cifar10_predictor_data.jsonl"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--supernet", default="ofa_mbv3_cifar10")
+    ap.add_argument("--val", type=int, default=200, help="held-out rows (fixed for every fit)")
+    ap.add_argument("--ns", type=int, nargs="+", default=[100, 200, 400, 600, 800])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=600)
+    ap.add_argument("--threads", type=int, default=1)
+    return ap.parse_args(argv)
+
+
+def noise_ceiling(acc: np.ndarray, sigma_pp: float, rng: np.random.Generator, reps: int = 20) -> float:
+    """Kendall tau between `acc` and `acc` plus N(0, sigma) noise: what a predictor that knew each sub-network's
+    accuracy on infinitely many images would score against labels with independent noise sigma (pp)."""
+    return float(np.mean([kendall_tau(acc, acc + rng.normal(0, sigma_pp / 100, len(acc))) for _ in range(reps)]))
+
+
+def curve(enc: np.ndarray, acc: np.ndarray, spec, args) -> list[dict]:
+    n = len(acc)
+    perm = np.random.default_rng(args.split_seed).permutation(n)
+    val, pool = perm[:args.val], perm[args.val:]
+    rows = []
+    for n_train in args.ns:
+        if n_train > len(pool):
+            print(f"n={n_train}: only {len(pool)} training rows, skipped")
+            continue
+        res = []
+        for seed in range(args.seeds):
+            tr = np.random.default_rng(1000 + seed).permutation(pool)[:n_train]
+            idx = np.concatenate([tr, val])                       # val last: indices n_train.. in the subset
+            t0 = time.perf_counter()
+            _, m = train_predictor(enc[idx], acc[idx], spec, val_indices=np.arange(n_train, len(idx)),
+                                   seed=seed, epochs=args.epochs)
+            res.append((m["val_rmse_pp"], m["val_kendall_tau"], time.perf_counter() - t0))
+        r = np.asarray(res)
+        row = {"n_train": n_train, "rmse": r[:, 0].mean(), "rmse_sd": r[:, 0].std(), "tau": r[:, 1].mean(),
+               "tau_sd": r[:, 1].std(), "seconds": r[:, 2].mean()}
+        print(f"n_train {n_train:5d}: held-out RMSE {row['rmse']:.3f} pp (sd {row['rmse_sd']:.3f}), "
+              f"tau {row['tau']:.3f} (sd {row['tau_sd']:.3f}), {row['seconds']:.1f} s per fit", flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    spec = get_spec(args.supernet)
+    enc, acc = read_predictor_dataset(args.data, spec)
+    print(f"{len(acc)} rows from {args.data}: accuracy {acc.min() * 100:.2f}-{acc.max() * 100:.2f}%, "
+          f"sd {acc.std() * 100:.2f} pp; {args.val} held out (split seed {args.split_seed}), {args.seeds} seeds")
+    rows = curve(enc, acc, spec, args)
+    rng = np.random.default_rng(0)
+    val = acc[np.random.default_rng(args.split_seed).permutation(len(acc))[:args.val]]
+    for s in (0.15, 0.2, 0.25, 0.3):
+        gauss = (2 / math.pi) * math.asin(val.std() / math.hypot(val.std(), s / 100))
+        print(f"label noise sd {s:.2f} pp: a perfect predictor's tau on these held-out labels "
+              f"{noise_ceiling(val, s, rng):.3f} (Gaussian formula {gauss:.3f})")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
