@@ -13,44 +13,23 @@ measured, so similar sub-networks share much of it and a predictor can learn tha
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import sys
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ofa_core.checkpoint import load_supernet_weights  # noqa: E402
-from ofa_core.data import holdout_split, load_dataset  # noqa: E402
-from ofa_core.mbv3 import build_supernet  # noqa: E402
-from ofa_core.spec import SubnetConfig, get_spec  # noqa: E402
+from bench import remeasure  # noqa: E402
+from ofa_core.spec import SubnetConfig  # noqa: E402
 from ofa_core.training import evaluate_subnet_on  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--supernet", default="ofa_mbv3_cifar10")
-    p.add_argument("--rows", default=None, help="the data set (default: the one shipped beside the predictor)")
-    p.add_argument("--n", type=int, default=40, help="sub-networks re-measured (the data set's first n rows)")
-    p.add_argument("--bn-images", type=int, default=2000)
-    p.add_argument("--holdout", type=int, default=10000)
-    p.add_argument("--weights", default=None, help="the supernet's weights (default: its registered file)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--cache-dir", default="data/cache")
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    spec = get_spec(a.supernet)
-    rows_path = a.rows or spec.predictor_path.replace(".safetensors", "_data.jsonl")
-    rows = [json.loads(line) for line in open(rows_path) if line.strip()]
-    net = build_supernet(spec, seed=0)
-    load_supernet_weights(net, a.weights or spec.resolve_weights())
-    net = net.to(memory_format=torch.channels_last).eval()
-    train, hold = holdout_split(load_dataset(a.data, cache_dir=a.cache_dir, progress=False)["train"], a.holdout, seed=0)
+    a = remeasure.parser(__doc__.splitlines()[0]).parse_args(argv)
+    m = remeasure.load(a)
+    spec, rows, net, train, hold = m.spec, m.rows, m.net, m.train, m.hold
     half = len(hold) // 2
     halves = [hold.subset(np.arange(half)), hold.subset(np.arange(half, 2 * half))]
     got = []

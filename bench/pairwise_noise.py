@@ -14,8 +14,6 @@ plain-minus-mirror difference as a check that it does.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
@@ -25,10 +23,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from ofa_core.bn import preserved_bn_stats, recalibrate_bn  # noqa: E402
-from ofa_core.checkpoint import load_supernet_weights  # noqa: E402
-from ofa_core.data import ImageArray, holdout_split, iterate_batches, load_dataset, resize  # noqa: E402
-from ofa_core.mbv3 import build_supernet  # noqa: E402
-from ofa_core.spec import SubnetConfig, get_spec  # noqa: E402
+from ofa_core.data import ImageArray, iterate_batches, resize  # noqa: E402
+from bench import remeasure  # noqa: E402
+from ofa_core.spec import SubnetConfig  # noqa: E402
 from ofa_core.training import bn_batches, frozen_subnet, like_net  # noqa: E402
 
 
@@ -72,25 +69,9 @@ def summarize(plain: np.ndarray, mirrored: np.ndarray) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--supernet", default="ofa_mbv3_cifar10")
-    p.add_argument("--rows", default=None, help="the data set (default: the one shipped beside the predictor)")
-    p.add_argument("--n", type=int, default=40)
-    p.add_argument("--bn-images", type=int, default=2000)
-    p.add_argument("--holdout", type=int, default=10000)
-    p.add_argument("--weights", default=None)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--cache-dir", default="data/cache")
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    spec = get_spec(a.supernet)
-    rows_path = a.rows or spec.predictor_path.replace(".safetensors", "_data.jsonl")
-    rows = [json.loads(line) for line in open(rows_path) if line.strip()][:a.n]
-    net = build_supernet(spec, seed=0)
-    load_supernet_weights(net, a.weights or spec.resolve_weights())
-    net = net.to(memory_format=torch.channels_last).eval()
-    train, hold = holdout_split(load_dataset(a.data, cache_dir=a.cache_dir, progress=False)["train"], a.holdout, seed=0)
+    a = remeasure.parser(__doc__.splitlines()[0]).parse_args(argv)
+    m = remeasure.load(a)
+    spec, rows, net, train, hold = m.spec, m.rows[:a.n], m.net, m.train, m.hold
     views = []
     for i, row in enumerate(rows):
         c = measure(net, SubnetConfig.from_dict(spec, row["config"]), train, hold, a.bn_images)
