@@ -128,7 +128,9 @@ def status_markdown(st: dict) -> str:
     L = [f"# Training run `{st['supernet']}`: where it stands", "",
          f"Measured {st['measured_at']} from `{st['run_dir']}/last.pt` (sha256 `{st['checkpoint_sha256']}`).", "",
          _where(st),
-         f"- training wall time so far: {st['elapsed_s'] / 3600:.2f} h",
+         f"- training time so far: {st['elapsed_s'] / 3600:.2f} h"
+         + (f" (wall time less {st['paused_s'] / 3600:.2f} h when the process was stopped)" if st.get("paused_s")
+            else ""),
          f"- resume: `{st['resume_command']}` (`--threads 2` on a quiet machine; `--threads 1` where other work "
          "shares the two cores, since two threads contending with it run slower than one)",
          f"- if `{st['run_dir']}` is gone (a new machine): `python -m ofa_core.run_status --restore "
@@ -184,7 +186,7 @@ def main(argv=None) -> dict:
           "checkpoint_sha256": sha256_file(snapshot), "checkpoint_bytes": os.path.getsize(snapshot),
           "phase_index": pi, "n_phases": len(phases), "phase": names[pi], "phases_done": names[:state["phase"]],
           "step": state["step"], "phase_steps": phases[pi].steps(trainer.steps_per_epoch),
-          "elapsed_s": round(state["elapsed_s"], 1),
+          "elapsed_s": round(state["elapsed_s"], 1), "paused_s": round(state.get("paused_s", 0.0), 1),
           "resume_command": f"python -m ofa_core.recipe --data <cifar10-jpeg.tar.gz> --run {os.path.abspath(a.run)} "
                             f"--supernet {spec.name} --assets <dir> --threads 2",
           "predictor_rows": _count_rows(os.path.join(a.run, "predictor_data.jsonl")),

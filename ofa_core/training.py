@@ -216,6 +216,27 @@ def _resolve_device(device: str) -> str:
     return device
 
 
+class ActiveClock:
+    """Training time of a run: wall time less its pauses. An interval between two ticks longer than `pause_s`
+    (a process stopped with SIGSTOP while other work used the cores, a suspended machine) is added to `paused`
+    instead of `elapsed`; a step, a checkpoint save or a phase-end evaluation takes far less."""
+
+    def __init__(self, elapsed: float = 0.0, paused: float = 0.0, pause_s: float = 120.0,
+                 now: Callable[[], float] = time.monotonic):
+        self.elapsed, self.paused, self.pause_s, self._now = elapsed, paused, pause_s, now
+        self._last = now()
+
+    def tick(self) -> float:
+        """Count the time since the last tick; returns the training time so far."""
+        t = self._now()
+        dt, self._last = t - self._last, t
+        if dt > self.pause_s:
+            self.paused += dt
+        else:
+            self.elapsed += dt
+        return self.elapsed
+
+
 class ProgressiveShrinkingTrainer:
     """Runs the phases of a `TrainConfig` on one supernet, writing `out_dir/{last.pt,log.jsonl}`."""
 
@@ -236,7 +257,8 @@ class ProgressiveShrinkingTrainer:
         self.steps_per_epoch = len(train) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"training set has {len(train)} images, fewer than one batch of {cfg.batch_size}")
-        self.state = {"phase": 0, "step": 0, "done": False, "elapsed_s": 0.0}
+        self.state = {"phase": 0, "step": 0, "done": False, "elapsed_s": 0.0, "paused_s": 0.0}
+        self.pause_s = 120.0         # see ActiveClock
         self.teacher: OFAMobileNetV3 | None = None
         os.makedirs(out_dir, exist_ok=True)
 
@@ -295,7 +317,7 @@ class ProgressiveShrinkingTrainer:
             torch.manual_seed(self.cfg.seed)          # dropout draws; restored from the checkpoint on resume
         self._budget = max_steps
         cfg = self.cfg
-        t_start = time.time() - self.state["elapsed_s"]
+        clock = ActiveClock(self.state["elapsed_s"], self.state.get("paused_s", 0.0), self.pause_s)
         while self.state["phase"] < len(cfg.phases):
             pi = self.state["phase"]
             phase = cfg.phases[pi]
@@ -312,13 +334,15 @@ class ProgressiveShrinkingTrainer:
             if payload is not None and payload.get("optimizer"):
                 opt.load_state_dict(payload["optimizer"])
             payload = None
-            self._run_phase(pi, phase, total, opt, t_start)
-            self.state["elapsed_s"] = time.time() - t_start
+            self._run_phase(pi, phase, total, opt, clock)
+            self._tick(clock)
             if self.state["step"] < total:          # stopped by max_steps
                 self.save(opt)
                 return dict(self.state)
+            acc = self.phase_eval()
+            self._tick(clock)
             self.log({"event": "phase_end", "phase": phase.name, "elapsed_s": round(self.state["elapsed_s"], 1),
-                      **self.phase_eval()})
+                      **acc})
             self.state.update(phase=pi + 1, step=0)
             self.save(None)
             shutil.copyfile(self.ckpt_path, os.path.join(self.out_dir, f"after_{phase.name}.pt"))  # e.g. ablation start
@@ -333,7 +357,11 @@ class ProgressiveShrinkingTrainer:
         t = (step - warm) / max(1, total - warm)
         return 0.5 * phase.lr * (1 + math.cos(math.pi * t))
 
-    def _run_phase(self, pi: int, phase: Phase, total: int, opt, t_start: float) -> None:
+    def _tick(self, clock: ActiveClock) -> None:
+        self.state["elapsed_s"] = clock.tick()
+        self.state["paused_s"] = clock.paused
+
+    def _run_phase(self, pi: int, phase: Phase, total: int, opt, clock: ActiveClock) -> None:
         cfg, net = self.cfg, self.net
         rng = np.random.default_rng([cfg.seed, pi])
         step = self.state["step"]
@@ -379,8 +407,8 @@ class ProgressiveShrinkingTrainer:
                                 img_s=f"{imgs / max(1e-9, now - t_last):.0f}")
                 t_last, imgs = now, 0
             bar.update(1)
+            self._tick(clock)
             if time.time() - last_ckpt > cfg.checkpoint_every_s:
-                self.state["elapsed_s"] = time.time() - t_start
                 self.save(opt)
                 last_ckpt = time.time()
         bar.close()

@@ -15,7 +15,7 @@ from ofa_core.data import augment, holdout_split, iterate_batches, load_dataset,
 from ofa_core.mbv3 import build_supernet
 from ofa_core.spec import SupernetSpec, get_spec
 from ofa_core import training
-from ofa_core.training import (ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet, evaluate_subnet_on,
+from ofa_core.training import (ActiveClock, ProgressiveShrinkingTrainer, TrainConfig, evaluate_subnet, evaluate_subnet_on,
                                one_shot_phases, progressive_shrinking_phases)
 
 TINY = dataclasses.replace(get_spec("ofa_mbv3_cifar10"), name="tiny_test", width_mult=0.25, n_classes=3,
@@ -127,6 +127,26 @@ def test_evaluate_subnet_on_several_sets_after_one_recalibration(tmp_path, monke
     for k, v in net.state_dict().items():                                           # supernet stats untouched
         if k in stats:
             torch.testing.assert_close(v, stats[k])
+
+
+def test_active_clock_counts_long_gaps_as_pauses():
+    t = [100.0]
+    clock = ActiveClock(elapsed=5.0, paused=1.0, pause_s=60.0, now=lambda: t[0])
+    for dt in (1.5, 2.0, 600.0, 1.0):                  # two steps, a 10-minute SIGSTOP, a step
+        t[0] += dt
+        clock.tick()
+    assert clock.elapsed == 5.0 + 1.5 + 2.0 + 1.0 and clock.paused == 1.0 + 600.0
+
+
+def test_trainer_keeps_pauses_out_of_its_training_time(tmp_path):
+    tr = _trainer(tmp_path)
+    state = tr.run(max_steps=3)
+    assert state["elapsed_s"] > 0 and state["paused_s"] == 0.0
+    tr2 = _trainer(tmp_path)
+    tr2.pause_s = 0.0                                  # every interval now looks like a pause
+    state2 = tr2.run(max_steps=2)
+    assert state2["elapsed_s"] == state["elapsed_s"]   # resumed, and nothing more counted as training
+    assert state2["paused_s"] > 0 and (state2["phase"], state2["step"]) != (state["phase"], state["step"])
 
 
 def _trainer(tmp, schedule="progressive", steps_scale=1.0):
