@@ -47,8 +47,11 @@ def test_pairwise_noise_reproduces_the_rows(tmp_path, capsys):
 def test_predictor_curve_on_synthetic_rows(tmp_path, capsys):
     spec = get_spec("ofa_mbv3_cifar10")
     path = tmp_path / "rows.jsonl"
-    build_predictor_dataset(None, spec, 60, lambda n, c: 0.4 + 0.01 * sum(c.d) + 0.002 * sum(c.ks), path, rng=0,
-                            stratified=True, progress=False)
+    def acc(c, mirrored=False):
+        return 0.4 + 0.01 * sum(c.d) + 0.002 * sum(c.ks) + (0.001 * c.ks[0] if mirrored else 0.0)
+
+    build_predictor_dataset(None, spec, 60, lambda n, c: {"acc": acc(c), "acc_mirrored": acc(c, True)}, path,
+                            rng=0, stratified=True, progress=False)
     rows = predictor_curve.main(["--data", str(path), "--val", "20", "--ns", "10", "40", "50", "--seeds", "2",
                                  "--epochs", "30"])
     assert [r["n_train"] for r in rows] == [10, 40]                # 50 > the 40 rows left: skipped, said so
@@ -56,3 +59,7 @@ def test_predictor_curve_on_synthetic_rows(tmp_path, capsys):
     assert "n=50: only 40 training rows, skipped" in printed and "a perfect predictor's tau" in printed
     assert all(-1 <= r["tau"] <= 1 and r["rmse"] > 0 for r in rows)
     assert len([json.loads(line) for line in open(path)]) == 60
+    rows2 = predictor_curve.main(["--data", str(path), "--val", "20", "--ns", "40", "--seeds", "1", "--epochs", "30",
+                                  "--label", "mirror_avg", "--val-label", "acc"])
+    assert "trained on label mirror_avg, scored against acc" in capsys.readouterr().out
+    assert len(rows2) == 1 and -1 <= rows2[0]["tau"] <= 1
