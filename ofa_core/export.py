@@ -9,13 +9,11 @@
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import struct
-import threading
 import warnings
 from collections import OrderedDict
 from typing import Any, Iterator, Mapping
@@ -25,6 +23,7 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError
 from .extract import extract, extract_state_dict, net_config, run_config
+from .jitscope import fresh_compilation_unit
 from .mbv3 import OFAMobileNetV3
 from .spec import SubnetConfig, SupernetSpec
 
@@ -250,31 +249,12 @@ def _as_static(model: nn.Module | OFAMobileNetV3, cfg: SubnetConfig | None) -> t
     return model.eval(), (cfg.r if cfg is not None else 224)
 
 
-_JIT_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _fresh_jit_names():
-    """A fresh TorchScript compilation unit and type store while tracing: the `___torch_mangle_N` names (and so
-    the archive's bytes, sha256 and ETag) depend only on the network, not on how many networks this process has
-    traced before. One trace at a time (the swapped state is process-wide)."""
-    import torch.jit._recursive as rec
-    import torch.jit._state as st
-    with _JIT_LOCK:
-        cu, store = st._python_cu, rec.concrete_type_store
-        st._python_cu, rec.concrete_type_store = torch._C.CompilationUnit(), rec.ConcreteTypeStore()
-        try:
-            yield
-        finally:
-            st._python_cu, rec.concrete_type_store = cu, store
-
-
 def export_torchscript_bytes(model: nn.Module, cfg: SubnetConfig | None = None, image_size: int | None = None) -> bytes:
     """TorchScript (traced, eval mode) of a static network, or of sub-network `cfg` of a supernet. The bytes are
     a function of the network only (the same in every process)."""
     net, r = _as_static(model, cfg)
     r = image_size or r
-    with torch.no_grad(), warnings.catch_warnings(), _fresh_jit_names():
+    with torch.no_grad(), warnings.catch_warnings(), fresh_compilation_unit():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(net, torch.zeros(1, 3, r, r), check_trace=False)
         buf = io.BytesIO()

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .bn import preserved_bn_stats, recalibrate_bn
 from .data import ImageArray, iterate_batches, resize
 from .extract import extract
+from .jitscope import fresh_compilation_unit
 from .mbv3 import OFAMobileNetV3, build_supernet
 from .spec import SubnetConfig, SupernetSpec
 from .fileio import replacing
@@ -121,7 +122,8 @@ def frozen_subnet(supernet: OFAMobileNetV3, cfg: SubnetConfig) -> torch.jit.Scri
     with torch.random.fork_rng(devices=[]):      # building the static net draws init weights: keep the
         net = extract(supernet, cfg).eval()      # training's random stream (dropout) as it was
     example = torch.zeros(2, 3, cfg.r, cfg.r)
-    return torch.jit.freeze(torch.jit.trace(net, example, check_trace=False))
+    with fresh_compilation_unit():               # else every call leaves ~24 MB in the global unit for good
+        return torch.jit.freeze(torch.jit.trace(net, example, check_trace=False))
 
 
 def like_net(x: torch.Tensor, net: nn.Module) -> torch.Tensor:
