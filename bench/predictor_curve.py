@@ -12,6 +12,7 @@ more rows stop paying and only less label noise (more held-out images per row) d
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 
@@ -46,6 +47,14 @@ def noise_ceiling(acc: np.ndarray, sigma_pp: float, rng: np.random.Generator, re
     """Kendall tau between `acc` and `acc` plus N(0, sigma) noise: what a predictor that knew each sub-network's
     accuracy on infinitely many images would score against labels with independent noise sigma (pp)."""
     return float(np.mean([kendall_tau(acc, acc + rng.normal(0, sigma_pp / 100, len(acc))) for _ in range(reps)]))
+
+
+def _two_views(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(acc, acc_mirrored) of every row, if every row has both."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    if not rows or any("acc_mirrored" not in r for r in rows):
+        return None
+    return np.array([r["acc"] for r in rows]), np.array([r["acc_mirrored"] for r in rows])
 
 
 def curve(enc: np.ndarray, acc: np.ndarray, val_acc: np.ndarray, spec, args) -> list[dict]:
@@ -88,8 +97,16 @@ def main(argv=None) -> list[dict]:
           f"{acc.min() * 100:.2f}-{acc.max() * 100:.2f}%, sd {acc.std() * 100:.2f} pp; {args.val} held out (split "
           f"seed {args.split_seed}), {args.seeds} seeds")
     rows = curve(enc, acc, val_acc, spec, args)
+    views = _two_views(args.data)
+    held = np.random.default_rng(args.split_seed).permutation(len(acc))[:args.val]
+    if views is not None:
+        a, b = views[0][held], views[1][held]
+        print(f"two measurements of the same held-out rows (the images, and their mirror images): tau "
+              f"{kendall_tau(a, b):.3f}, RMSE {rmse_pp(a, b):.3f} pp "
+              f"(all rows: tau {kendall_tau(*views):.3f}): a predictor that ranks as well as that is at the ceiling "
+              "the labels' sampling noise sets")
     rng = np.random.default_rng(0)
-    val = val_acc[np.random.default_rng(args.split_seed).permutation(len(acc))[:args.val]]
+    val = val_acc[held]
     for s in (0.15, 0.2, 0.25, 0.3):
         gauss = (2 / math.pi) * math.asin(val.std() / math.hypot(val.std(), s / 100))
         print(f"label noise sd {s:.2f} pp: a perfect predictor's tau on these held-out labels "

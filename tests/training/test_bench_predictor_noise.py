@@ -61,5 +61,7 @@ def test_predictor_curve_on_synthetic_rows(tmp_path, capsys):
     assert len([json.loads(line) for line in open(path)]) == 60
     rows2 = predictor_curve.main(["--data", str(path), "--val", "20", "--ns", "40", "--seeds", "1", "--epochs", "30",
                                   "--label", "mirror_avg", "--val-label", "acc"])
-    assert "trained on label mirror_avg, scored against acc" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "trained on label mirror_avg, scored against acc" in printed
+    assert "two measurements of the same held-out rows" in printed
     assert len(rows2) == 1 and -1 <= rows2[0]["tau"] <= 1
