@@ -12,14 +12,13 @@ more rows stop paying and only less label noise (more held-out images per row) d
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 
 import numpy as np
 import torch
 
-from ofa_core.predictor import LABELS, kendall_tau, read_predictor_dataset, rmse_pp, train_predictor
+from ofa_core.predictor import LABELS, kendall_tau, read_predictor_dataset, read_rows, rmse_pp, train_predictor
 from ofa_core.spec import get_spec
 
 DEFAULT_DATA = "ofa_core/assets/ofa_mbv3_cifar10_predictor_data.jsonl"
@@ -51,7 +50,7 @@ def noise_ceiling(acc: np.ndarray, sigma_pp: float, rng: np.random.Generator, re
 
 def _two_views(path: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(acc, acc_mirrored) of every row, if every row has both."""
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows = read_rows(path)
     if not rows or any("acc_mirrored" not in r for r in rows):
         return None
     return np.array([r["acc"] for r in rows]), np.array([r["acc_mirrored"] for r in rows])

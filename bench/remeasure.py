@@ -3,7 +3,6 @@ the supernet and the recipe's training / hold-out split exactly as `ofa_core.rec
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +10,7 @@ import torch
 from ofa_core.checkpoint import load_supernet_weights
 from ofa_core.data import ImageArray, holdout_split, load_dataset
 from ofa_core.mbv3 import build_supernet
+from ofa_core.predictor import read_rows
 from ofa_core.spec import SupernetSpec, get_spec
 
 
@@ -41,7 +41,7 @@ def load(a: argparse.Namespace) -> Remeasure:
     torch.set_num_threads(a.threads)
     spec = get_spec(a.supernet)
     rows_path = a.rows or spec.predictor_path.replace(".safetensors", "_data.jsonl")
-    rows = [json.loads(line) for line in open(rows_path) if line.strip()]
+    rows = read_rows(rows_path)
     net = build_supernet(spec, seed=0)
     load_supernet_weights(net, a.weights or spec.resolve_weights())
     net = net.to(memory_format=torch.channels_last).eval()

@@ -550,7 +550,8 @@ def row_label(row: Mapping[str, Any], label: str = "acc") -> float:
     return (float(row["acc"]) + float(row["acc_mirrored"])) / 2
 
 
-def _read_rows(path: str | os.PathLike) -> list[dict]:
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSONL data set as dicts (a torn last line, left by an interrupted write, is skipped)."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -568,8 +569,13 @@ def read_predictor_dataset(path: str | os.PathLike, spec: SupernetSpec | str,
                            label: str = "acc") -> tuple[np.ndarray, np.ndarray]:
     """Rows of a JSONL data set -> (enc (N, W) int32, acc (N,) float64), acc per `row_label(row, label)`.
     Truncated last lines are ignored."""
+    return dataset_from_rows(read_rows(path) if os.path.exists(path) else [], spec, label)
+
+
+def dataset_from_rows(rows: list[Mapping[str, Any]], spec: SupernetSpec | str,
+                      label: str = "acc") -> tuple[np.ndarray, np.ndarray]:
+    """`read_rows` output -> (enc (N, W) int32, acc (N,) float64), acc per `row_label(row, label)`."""
     spec = get_spec(spec) if isinstance(spec, str) else spec
-    rows = _read_rows(path) if os.path.exists(path) else []
     if not rows:
         return np.zeros((0, spec.enc_width), np.int32), np.zeros(0)
     encs = [SubnetConfig.from_dict(spec, row["config"]).encode() for row in rows]
@@ -652,7 +658,7 @@ def fill_mirrored_rows(path: str | os.PathLike, spec: SupernetSpec | str, supern
     The file is rewritten atomically every `save_every` rows, so an interrupted fill resumes where it stopped.
     Returns the number of rows filled."""
     spec = get_spec(spec) if isinstance(spec, str) else spec
-    rows = _read_rows(path)
+    rows = read_rows(path)
     todo = [k for k, row in enumerate(rows) if "acc_mirrored" not in row]
     bar = None
     if progress and todo:

@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 from .data import holdout_split, load_dataset
 from .fileio import copy_replacing, replacing
 from .profiler import host_environment
-from .predictor import (LABELS, build_predictor_dataset, fill_mirrored_rows, read_predictor_dataset,
-                        train_predictor)
+from .predictor import (LABELS, build_predictor_dataset, dataset_from_rows, fill_mirrored_rows, read_predictor_dataset,
+                        read_rows, train_predictor)
 from .spec import SubnetConfig, SupernetSpec, get_spec
 from .training import (ProgressiveShrinkingTrainer, TrainConfig, cifar_phases, evaluate_subnet, evaluate_subnet_on,
                        progressive_shrinking_phases)
@@ -127,8 +127,8 @@ def predictor_data(a: argparse.Namespace, spec: SupernetSpec, net, train, hold) 
             fill_mirrored_rows(path, spec, net, measure, progress=not a.no_progress)
         build_predictor_dataset(net, spec, a.predictor_subnets, measure, path, rng=a.seed, resume=True,
                                 progress=not a.no_progress, stratified=True)
-    enc, acc = read_predictor_dataset(path, spec, label=a.label)
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows = read_rows(path)
+    enc, acc = dataset_from_rows(rows, spec, label=a.label)
     seconds = round(sum(r["seconds"] + r.get("seconds_mirrored", 0.0) for r in rows), 1)
     return enc, acc, path, seconds
 
