@@ -30,8 +30,7 @@ def sub_filter_start_end(kernel_size: int, sub_kernel_size: int) -> tuple[int, i
 
 
 # Training-speed kernels for the supernet's own forward (the extracted sub-networks keep plain convs).
-# Both give the conv's result up to float rounding; the state dict is unchanged.
-SMALL_MAP = 16      # depthwise convs on maps of at most this many pixels run as one batched matmul
+# Both give the conv's result (the crop exactly, the GEMM up to float rounding); the state dict is unchanged.
 _FAST = {"on": True}
 
 
@@ -53,30 +52,118 @@ def pointwise(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -
     return F.conv2d(x, w, b)
 
 
-@functools.lru_cache(maxsize=64)
-def _toeplitz_index(h: int, w: int, k: int) -> torch.Tensor:
-    """(h*w, h*w) indices into a flat k*k filter (k*k: a zero) giving the matrix M with
-    out[q] = sum_p in[p] * M[p, q] for a stride-1, 'same'-padded k x k conv on an h x w map."""
-    pad = k // 2
-    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    rows, cols = rows.reshape(-1), cols.reshape(-1)                                # pixel p -> (row, col)
-    a = rows[:, None] - rows[None, :] + pad                                        # (p_in, q_out) kernel row
-    b = cols[:, None] - cols[None, :] + pad                                        # (p_in, q_out) kernel col
-    inside = (a >= 0) & (a < k) & (b >= 0) & (b < k)
-    return torch.where(inside, a * k + b, torch.full_like(a, k * k))
+def reach(k: int, h: int, w: int) -> tuple[int, int]:
+    """The central window of a k x k 'same'-padded kernel that can meet a pixel of an h x w map: a pixel is at
+    most (h-1, w-1) away from any other, so the taps beyond 2h-1 / 2w-1 only ever meet the zero padding."""
+    return min(k, 2 * h - 1), min(k, 2 * w - 1)
 
 
-def depthwise_small(x: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
-    """Stride-1 depthwise conv on a small map as a batched matmul over channels (per channel a dense
-    (HW, HW) matrix gathered from the filter): oneDNN spends most of a 7x7 conv on a 4x4 map in padding."""
-    n, c, h, w = x.shape
+def crop_taps(filt: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """The central kh x kw taps of a (C, 1, k, k) filter."""
     k = filt.shape[-1]
-    flat = torch.cat([filt.reshape(c, k * k), filt.new_zeros(c, 1)], 1)           # (C, k*k + 1)
-    mats = flat[:, _toeplitz_index(h, w, k)]                                       # (C, HW, HW)
-    cl = x.is_contiguous(memory_format=torch.channels_last)
-    xs = x.permute(1, 0, 2, 3).reshape(c, n, h * w)                               # (C, N, HW)
-    y = torch.bmm(xs, mats).view(c, n, h, w).permute(1, 0, 2, 3)                  # (N, C, H, W)
-    return y.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    return filt[:, :, (k - kh) // 2:(k + kh) // 2, (k - kw) // 2:(k + kw) // 2]
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_index(h: int, w: int, kh: int, kw: int, stride: int) -> torch.Tensor:
+    """(h*w * ho*wo,) flat indices: for input pixel p and output pixel q of a 'same'-padded kh x kw conv with
+    this stride, the tap that joins them (kh*kw where none does)."""
+    ph, pw = kh // 2, kw // 2
+    ho, wo = (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1
+    pr, pc = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    qr, qc = torch.meshgrid(torch.arange(ho), torch.arange(wo), indexing="ij")
+    a = pr.reshape(-1, 1) - stride * qr.reshape(1, -1) + ph                     # (HW, HoWo) tap row
+    b = pc.reshape(-1, 1) - stride * qc.reshape(1, -1) + pw                     # (HW, HoWo) tap column
+    inside = (a >= 0) & (a < kh) & (b >= 0) & (b < kw)
+    return torch.where(inside, a * kw + b, kh * kw).reshape(-1)
+
+
+def filter_grad_by_matmul(x: torch.Tensor, g: torch.Tensor, kh: int, kw: int, stride: int) -> torch.Tensor:
+    """The filter gradient of a depthwise conv as one batched matmul over channels: per channel the (HW, HoWo)
+    products of every input pixel with every output gradient, summed into the tap that joins them."""
+    n, c, h, w = x.shape
+    xs = x.permute(1, 0, 2, 3).reshape(c, n, h * w).contiguous()                # (C, N, HW)
+    gs = g.permute(1, 0, 2, 3).reshape(c, n, -1).contiguous()                   # (C, N, HoWo)
+    pairs = torch.bmm(xs.transpose(1, 2), gs)                                   # (C, HW, HoWo)
+    taps = pairs.new_zeros(c, kh * kw + 1).index_add_(1, _tap_index(h, w, kh, kw, stride), pairs.reshape(c, -1))
+    return taps[:, :-1].reshape(c, 1, kh, kw)
+
+
+def matmul_filter_grad_pays(h: int, w: int, kh: int, kw: int) -> bool:
+    """oneDNN's depthwise filter gradient is fast for 3x3 kernels and slow for 5x5 / 7x7 ones (and on 2x2 maps);
+    the matmul does HW / (kh*kw) times the work of a direct one, so it pays on maps of up to ~1.5 kernels."""
+    return h * w <= 1.5 * kh * kw
+
+
+class _Depthwise(torch.autograd.Function):
+    """Depthwise conv, 'same' padding: oneDNN's forward; in the backward the input gradient is the conv with the
+    flipped filter (stride 1) and the filter gradient `filter_grad_by_matmul` where that pays."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, filt: torch.Tensor, stride: int) -> torch.Tensor:
+        ctx.save_for_backward(x, filt)
+        ctx.stride = stride
+        kh, kw = filt.shape[-2:]
+        return F.conv2d(x, filt, None, stride, (kh // 2, kw // 2), 1, x.size(1))
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, filt = ctx.saved_tensors
+        s, (kh, kw), c = ctx.stride, filt.shape[-2:], x.size(1)
+        pad = [kh // 2, kw // 2]
+        matmul = matmul_filter_grad_pays(x.shape[-2], x.shape[-1], kh, kw)
+        gx = gf = None
+        if ctx.needs_input_grad[0] and s == 1:
+            gx = F.conv2d(g, filt.flip(-2, -1), None, 1, pad, 1, c)
+        if ctx.needs_input_grad[1] and matmul:
+            gf = filter_grad_by_matmul(x, g, kh, kw, s)
+        mask = [ctx.needs_input_grad[0] and gx is None, ctx.needs_input_grad[1] and gf is None, False]
+        if any(mask):
+            dx, df, _ = torch.ops.aten.convolution_backward(g, x, filt, None, [s, s], pad, [1, 1], False, [0, 0],
+                                                            c, mask)
+            gx, gf = (dx if mask[0] else gx), (df if mask[1] else gf)
+        return gx, gf, None
+
+
+def depthwise(x: torch.Tensor, filt: torch.Tensor, stride: int) -> torch.Tensor:
+    """Depthwise conv with 'same' padding. On a map smaller than the kernel only the taps within `reach` are
+    computed (the same output): oneDNN pays for every tap, and a 7x7 kernel on a 2x2 map spends 40 of its 49
+    on padding. The backward is `_Depthwise`'s."""
+    k = filt.shape[-1]
+    if not _FAST["on"]:
+        return F.conv2d(x, filt, None, stride, k // 2, 1, x.size(1))
+    kh, kw = reach(k, x.shape[-2], x.shape[-1])
+    if (kh, kw) != (k, k):
+        filt = crop_taps(filt, kh, kw)                                              # (C, 1, kh, kw)
+    return _Depthwise.apply(x, filt, stride)
+
+
+@torch.no_grad()
+def crop_depthwise_convs(net: nn.Module, example: torch.Tensor) -> nn.Module:
+    """Crop each depthwise conv of a static network (in place) to the taps within `reach` of the map it sees
+    on `example`: the same outputs at that input resolution and at any smaller one (its maps are no larger),
+    not at a larger one. For inference modules that only ever run up to one resolution."""
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+             and m.kernel_size[0] == m.kernel_size[1] > 1 and m.padding == (m.kernel_size[0] // 2,) * 2
+             and m.dilation == (1, 1)]
+    maps: dict[nn.Conv2d, tuple[int, int]] = {}
+
+    def record(m, args):
+        maps.setdefault(m, tuple(args[0].shape[-2:]))        # returns None: the input passes unchanged
+
+    hooks = [m.register_forward_pre_hook(record) for m in convs]
+    try:
+        net(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    for m, (h, w) in maps.items():
+        k = m.kernel_size[0]
+        kh, kw = reach(k, h, w)
+        if (kh, kw) != (k, k):
+            m.weight = nn.Parameter(crop_taps(m.weight, kh, kw).clone(), requires_grad=m.weight.requires_grad)
+            m.kernel_size, m.padding = (kh, kw), (kh // 2, kw // 2)
+    return net
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -233,10 +320,7 @@ class DynamicSeparableConv2d(nn.Module):
         return w
 
     def forward(self, x, k: int, stride: int):
-        c = x.size(1)
-        if _FAST["on"] and stride == 1 and x.shape[-1] * x.shape[-2] <= SMALL_MAP:
-            return depthwise_small(x, self.active_filter(c, k))
-        return F.conv2d(x, self.active_filter(c, k), None, stride, k // 2, 1, c)
+        return depthwise(x, self.active_filter(x.size(1), k), stride)
 
 
 class DynamicBatchNorm2d(nn.Module):

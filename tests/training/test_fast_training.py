@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ofa_core.mbv3 import _toeplitz_index, build_supernet, depthwise_small, plain_kernels, pointwise
+from ofa_core.extract import extract
+from ofa_core.mbv3 import build_supernet, crop_depthwise_convs, depthwise, plain_kernels, pointwise
 from ofa_core.spec import SubnetConfig, get_spec
 from ofa_core.training import Phase, _param_groups, train_step
 
@@ -26,25 +27,36 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("h,k", [(4, 7), (4, 5), (4, 3), (2, 7), (3, 5), (1, 3)])
-def test_depthwise_small_is_the_conv(h, k):
-    g = torch.Generator().manual_seed(h * 10 + k)
-    x = torch.randn(3, 6, h, h, generator=g, requires_grad=True)
+@pytest.mark.parametrize("h,w,k,stride", [(2, 2, 7, 1), (2, 2, 5, 1), (1, 1, 7, 1), (1, 1, 3, 1), (3, 3, 7, 1),
+                                          (4, 4, 7, 1), (2, 4, 7, 1), (4, 4, 7, 2), (2, 2, 7, 2), (3, 3, 5, 2),
+                                          (8, 8, 3, 1), (6, 6, 5, 2), (5, 7, 5, 1)])
+def test_depthwise_crop_is_the_conv(h, w, k, stride):
+    g = torch.Generator().manual_seed(h * 100 + w * 10 + k)
+    x = torch.randn(3, 6, h, w, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
     f = torch.randn(6, 1, k, k, generator=g, requires_grad=True)
-    want = F.conv2d(x, f, None, 1, k // 2, 1, 6)
-    got = depthwise_small(x, f)
+    want = F.conv2d(x, f, None, stride, k // 2, 1, 6)
+    got = depthwise(x, f, stride)
+    assert got.shape == want.shape
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     gw = torch.autograd.grad(want.square().sum(), (x, f))
     gg = torch.autograd.grad(got.square().sum(), (x, f))
     for a, b in zip(gg, gw):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    reach_h, reach_w = min(k, 2 * h - 1), min(k, 2 * w - 1)     # taps outside the central window never see a pixel
+    outside = torch.ones(k, k, dtype=torch.bool)
+    outside[(k - reach_h) // 2:(k + reach_h) // 2, (k - reach_w) // 2:(k + reach_w) // 2] = False
+    assert (gg[1][:, 0][:, outside] == 0).all() and (gw[1][:, 0][:, outside] == 0).all()
 
 
-def test_toeplitz_index_marks_out_of_reach_taps_as_zero():
-    idx = _toeplitz_index(4, 4, 3)              # 3x3 on 4x4: pixels more than one step apart never meet
-    assert idx.shape == (16, 16)
-    assert idx[0, 15] == 9 and idx[0, 0] == 4   # corner to corner: the zero tap; a pixel to itself: the centre
-    assert (idx < 9).sum() == sum(abs(i - j) <= 1 for i in range(4) for j in range(4)) ** 2   # 10 row pairs
+def test_depthwise_crop_is_off_under_plain_kernels():
+    x = torch.randn(1, 2, 2, 2)
+    f = torch.randn(2, 1, 7, 7)
+    seen = []
+    real = F.conv2d
+    with plain_kernels(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(F, "conv2d", lambda *a: seen.append(a[1].shape) or real(*a))
+        depthwise(x, f, 1)
+    assert seen == [(2, 1, 7, 7)]
 
 
 def test_pointwise_channels_last_is_a_gemm_view():
@@ -54,6 +66,22 @@ def test_pointwise_channels_last_is_a_gemm_view():
     y = pointwise(x, w)
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, F.conv2d(x, w), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_cropped_static_net_is_exact_up_to_its_resolution():
+    """At r 16 the last stages' maps are 2x2: their 7x7 depthwise kernels keep the central 3x3 taps. The cropped
+    net gives the same logits at r 16 and below; above, the cropped taps would have met pixels."""
+    net = randomize(build_supernet(SPEC, seed=0), seed=4).eval()
+    static = extract(net, SPEC.max_config(16)).eval()
+    cropped = crop_depthwise_convs(copy.deepcopy(static), torch.zeros(1, 3, 16, 16))
+    sizes = [m.kernel_size for m in cropped.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert (3, 3) in sizes and (7, 7) in sizes
+    for r in (16, 12, 8):
+        x = torch.randn(2, 3, r, r, generator=torch.Generator().manual_seed(r))
+        torch.testing.assert_close(cropped(x), static(x), atol=1e-5, rtol=1e-5)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(32))
+    assert not torch.allclose(cropped(x), static(x), atol=1e-3)
 
 
 def _loss_and_grads(net, x, cfg):
@@ -74,7 +102,7 @@ def _assert_grads_close(gg, gw, rel):
         torch.testing.assert_close(gg[n], gw[n], atol=rel * scale, rtol=rel, msg=n)
 
 
-@pytest.mark.parametrize("r", [24, 32])
+@pytest.mark.parametrize("r", [16, 24, 32])
 def test_supernet_fast_kernels_match_plain_convs(r):
     """Train-mode forward and every parameter's gradient agree between the plain convs and the fast kernels,
     in each memory format, for random sub-networks; channels-last agrees with NCHW in the forward and in the
