@@ -26,8 +26,8 @@ from .profiler import host_environment
 from .predictor import (LABELS, build_predictor_dataset, dataset_from_rows, fill_mirrored_rows, read_predictor_dataset,
                         read_rows, train_predictor)
 from .spec import SubnetConfig, SupernetSpec, get_spec
-from .training import (ProgressiveShrinkingTrainer, TrainConfig, cifar_phases, evaluate_subnet, evaluate_subnet_on,
-                       progressive_shrinking_phases)
+from .training import (TEACHER_PRECISIONS, ProgressiveShrinkingTrainer, TrainConfig, cifar_phases, evaluate_subnet,
+                       evaluate_subnet_on, progressive_shrinking_phases)
 
 
 def probe_configs(spec: SupernetSpec, r: int) -> list[tuple[str, SubnetConfig]]:
@@ -59,9 +59,9 @@ def save_supernet(net: torch.nn.Module, spec: SupernetSpec, path: str, extra: di
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ofa_core.recipe", description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", help="the CIFAR-10 archive (required unless --recard)")
     p.add_argument("--supernet", default="ofa_mbv3_cifar10")
-    p.add_argument("--run", required=True, help="run directory (training checkpoint, logs, predictor data)")
+    p.add_argument("--run", help="run directory (training checkpoint, logs, predictor data; required unless --recard)")
     p.add_argument("--assets", required=True, help="where the artifacts and MODEL_CARD.md are written")
     p.add_argument("--schedule", choices=["cifar", "published"], default="cifar",
                    help="cifar: long full phase then shrinking (cifar_phases); published: the reference's ratios")
@@ -79,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--predictor-ensemble", type=int, default=1,
                    help="members of the predictor's ensemble (averaged into one MLP; see train_predictor)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--teacher-precision", choices=TEACHER_PRECISIONS, default="float32",
+                   help="the frozen teacher's precision (auto: bfloat16 where the CPU has native bf16; a bf16 "
+                        "teacher is faster there but gives slightly different soft targets)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interim", action="store_true",
                    help="do not train or measure: build the artifacts from the finished training and the predictor "
@@ -88,14 +91,50 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--card-notes", default=None, help="a Markdown file appended to the model card (run notes)")
     p.add_argument("--cache-dir", default="data/cache")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument("--recard", action="store_true",
+                   help="write the model card again from the assets' report.json with new --card-notes / "
+                        "--ablation-json; nothing is trained or measured, and the files must be the report's")
+    a = p.parse_args(argv)
+    if not a.recard and (a.data is None or a.run is None):
+        p.error("--data and --run are required (unless --recard)")
+    return a
+
+
+def recard(a: argparse.Namespace, spec: SupernetSpec) -> dict:
+    """The report and model card written again with new notes / ablation, the measured figures as they were.
+    Refuses when a file in the assets is no longer the one the report describes (the card would lie)."""
+    path = os.path.join(a.assets, f"{spec.name}.report.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"--recard: no report at {path}; run the recipe first")
+    with open(path) as fh:
+        report = json.load(fh)
+    for name, f in report["files"].items():
+        got = sha256_file(os.path.join(a.assets, name)) if os.path.exists(os.path.join(a.assets, name)) else None
+        if got != f["sha256"]:
+            raise SystemExit(f"--recard: {name} in {a.assets} is not the file the report describes "
+                             f"(sha256 {got or 'missing'}, report {f['sha256']}): run the recipe")
+    if a.ablation_json:
+        with open(a.ablation_json) as fh:
+            report["ablation"] = json.load(fh)
+    if a.card_notes:
+        with open(a.card_notes) as fh:
+            report["notes"] = fh.read()
+    write_report(a.assets, spec, report)
+    return report
+
+
+def write_report(assets: str, spec: SupernetSpec, report: dict) -> None:
+    with replacing(os.path.join(assets, f"{spec.name}.report.json")) as tmp, open(tmp, "w") as fh:
+        json.dump(report, fh, indent=2)
+    with replacing(os.path.join(assets, "MODEL_CARD.md")) as tmp, open(tmp, "w") as fh:
+        fh.write(model_card(report))
 
 
 def train_supernet(a: argparse.Namespace, spec: SupernetSpec, train, hold) -> ProgressiveShrinkingTrainer:
     """Step 1: progressive shrinking, resumed from the run directory (with --interim: loaded, never trained)."""
     phases = (cifar_phases if a.schedule == "cifar" else progressive_shrinking_phases)(spec, a.scale, a.lr)
     cfg = TrainConfig(phases=phases, batch_size=a.batch_size, weight_decay=a.weight_decay, seed=a.seed,
-                      threads=a.threads)
+                      threads=a.threads, teacher_precision=a.teacher_precision)
     trainer = ProgressiveShrinkingTrainer(spec, cfg, train, hold, a.run, progress=not a.no_progress)
     if a.interim:
         trainer.try_resume()
@@ -148,6 +187,8 @@ def main(argv=None) -> dict:
     a = parse_args(argv)
     torch.set_num_threads(a.threads)
     spec = get_spec(a.supernet)
+    if a.recard:
+        return recard(a, spec)
     os.makedirs(a.assets, exist_ok=True)
     timings = {}
     splits = load_dataset(a.data, cache_dir=a.cache_dir, progress=not a.no_progress)
@@ -192,10 +233,7 @@ def main(argv=None) -> dict:
     if a.card_notes:
         with open(a.card_notes) as fh:
             report["notes"] = fh.read()
-    with open(os.path.join(a.assets, f"{spec.name}.report.json"), "w") as fh:
-        json.dump(report, fh, indent=2)
-    with open(os.path.join(a.assets, "MODEL_CARD.md"), "w") as fh:
-        fh.write(model_card(report))
+    write_report(a.assets, spec, report)
     print(json.dumps({"test_acc": test_acc, "predictor": metrics, "timings": timings}, indent=2))
     return report
 

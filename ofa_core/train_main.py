@@ -12,7 +12,7 @@ import sys
 
 from .data import holdout_split, load_dataset
 from .spec import get_spec
-from .training import ProgressiveShrinkingTrainer, TrainConfig, one_shot_phases, \
+from .training import TEACHER_PRECISIONS, ProgressiveShrinkingTrainer, TrainConfig, one_shot_phases, \
     progressive_shrinking_phases
 
 
@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=int, default=5000, help="training images held out (BN recal., predictor)")
     p.add_argument("--limit-train", type=int, default=0, help="use only the first N training images (0: all)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--teacher-precision", choices=TEACHER_PRECISIONS, default="float32",
+                   help="the frozen teacher's precision (auto: bfloat16 where the CPU has native bf16; a bf16 "
+                        "teacher is faster there but gives slightly different soft targets)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default="data/cache")
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(p.epochs for p in progressive_shrinking_phases(spec, a.scale, a.lr))
         phases = one_shot_phases(spec, total, a.lr)
     cfg = TrainConfig(phases=phases, batch_size=a.batch_size, seed=a.seed, threads=a.threads or None,
-                      device=a.device)
+                      device=a.device, teacher_precision=a.teacher_precision)
     trainer = ProgressiveShrinkingTrainer(spec, cfg, train, holdout, a.out, progress=not a.no_progress,
                                           log_fn=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
     state = trainer.run(resume=not a.no_resume)

@@ -270,3 +270,18 @@ def test_status_of_a_finished_training_says_so_and_counts_the_predictor_rows():
     assert "step 0 of 10" not in done
     mid = status_markdown({**base, "phases_done": ["a"], "step": 4})
     assert "phase **2/2 `b`**, step 4 of 10 (40.0% of the phase)" in mid and "| largest | 50.00% |" in mid
+
+
+def test_bench_teacher_precision_compares_the_two_teachers(capsys):
+    """The bench's bf16-teacher check runs both frozen teachers of the shipped supernet on held-out images and
+    prints how far apart their soft targets are (bf16 rounds, so they are close but not equal)."""
+    import argparse
+    from ofa_core.data import ImageArray
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import bench_training
+    rng = np.random.default_rng(0)
+    hold = ImageArray(rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 24), list("abcdefghij"))
+    bench_training.print_teacher_precision(SPEC, hold, argparse.Namespace(eval_images=16))
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.") or line.startswith("| 1.")]
+    agree, mean_abs, largest, kl = (float(c) for c in row[0].strip("| ").split(" | "))
+    assert 0.8 <= agree <= 1.0 and 0 < mean_abs < 0.01 and largest < 0.2 and 0 <= kl < 0.01

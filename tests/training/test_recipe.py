@@ -51,6 +51,22 @@ def test_recipe_end_to_end_on_tiny_data(tmp_path):
                        "--cache-dir", str(tmp_path / "cache")])
     assert rep2["timings"]["training_s"] == rep["timings"]["training_s"]
     assert len([l for l in open(tmp_path / "run" / "predictor_data.jsonl")]) == 12
+    # --recard: new notes in the card, the measured figures and files as they were; refused once a file changed
+    notes = tmp_path / "notes.md"
+    notes.write_text("## New notes\n\nWritten after the run.\n")
+    before = json.loads((assets / f"{TINY_R.name}.report.json").read_text())
+    rep3 = recipe.main(["--supernet", TINY_R.name, "--assets", str(assets), "--recard", "--card-notes", str(notes)])
+    card3 = (assets / "MODEL_CARD.md").read_text()
+    assert "Written after the run." in card3 and rep3["notes"] == notes.read_text()
+    assert {k: v for k, v in rep3.items() if k != "notes"} == {k: v for k, v in before.items() if k != "notes"}
+    assert all(f["sha256"] in card3 for f in rep3["files"].values())
+    with open(w, "ab") as fh:
+        fh.write(b" ")
+    with pytest.raises(SystemExit, match=f"{w.name} in .* is not the file the report describes"):
+        recipe.main(["--supernet", TINY_R.name, "--assets", str(assets), "--recard"])
+    assert (assets / "MODEL_CARD.md").read_text() == card3
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--assets", str(assets)])                     # --data / --run needed to train
 
 
 def test_interim_assets_from_the_rows_measured_so_far(tmp_path):

@@ -145,6 +145,27 @@ def test_frozen_subnets_leave_nothing_in_the_global_jit_unit():
     assert len(st._python_cu.get_functions()) == before
 
 
+@torch.no_grad()
+def test_bf16_frozen_teacher_is_float32_outside_and_close():
+    net = build_supernet(TINY, seed=0).eval()
+    cfg = TINY.max_config(16)
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    p32 = torch.softmax(training.frozen_subnet(net, cfg)(x), 1)
+    p16 = torch.softmax(training.frozen_subnet(net, cfg, torch.bfloat16)(x), 1)
+    assert p16.dtype == torch.float32 and not torch.equal(p32, p16)
+    assert (p32 - p16).abs().max() < 0.05
+
+
+def test_teacher_precision_choice(monkeypatch):
+    with pytest.raises(ValueError, match="teacher_precision 'half'"):
+        TrainConfig(phases=[], teacher_precision="half")
+    monkeypatch.setattr(training, "native_bf16", lambda: True)
+    assert training.teacher_dtype("auto") == torch.bfloat16
+    monkeypatch.setattr(training, "native_bf16", lambda: False)
+    assert training.teacher_dtype("auto") == torch.float32
+    assert training.teacher_dtype("bfloat16") == torch.bfloat16 and training.teacher_dtype("float32") == torch.float32
+
+
 def test_active_clock_counts_long_gaps_as_pauses():
     t = [100.0]
     clock = ActiveClock(elapsed=5.0, paused=1.0, pause_s=60.0, now=lambda: t[0])
@@ -179,9 +200,12 @@ def test_progressive_shrinking_runs_all_phases_and_logs(tmp_path):
     w0 = {k: v.clone() for k, v in tr.net.state_dict().items()}
     state = tr.run()
     assert state["done"] and state["phase"] == 6
-    log = [json.loads(l) for l in open(tmp_path / "out" / "log.jsonl")]
+    records = [json.loads(l) for l in open(tmp_path / "out" / "log.jsonl")]
+    log = [r for r in records if r["event"] == "phase_end"]
     assert [r["phase"] for r in log] == ["full", "kernel", "depth1", "depth2", "expand1", "expand2"]
     assert all(0.0 <= r["acc_largest"] <= 1.0 and 0.0 <= r["acc_smallest"] <= 1.0 for r in log)
+    want = "float32"                                                      # the default; built once, first used
+    assert [(r["phase"], r["precision"]) for r in records if r["event"] == "teacher"] == [("kernel", want)]
     sd = tr.net.state_dict()
     assert any(not torch.equal(w0[k], sd[k]) for k in sd if k.endswith("5to3_matrix"))   # kernel phase trained
     assert not torch.equal(w0["first_conv.conv.weight"], sd["first_conv.conv.weight"])
