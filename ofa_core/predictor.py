@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 
 from .spec import SubnetConfig, SupernetSpec, active_mask, as_encoded_batch, canonicalize_encoded, get_spec
-from .fileio import replacing, write_text_replacing
+from .fileio import write_text_replacing
+from .stfile import save_safetensors
 
 ENCODINGS = ("published", "onehot")
 PUBLISHED_RES_SLOTS = 8
@@ -322,14 +323,12 @@ class AccuracyPredictor:
 
     def save(self, path: str | os.PathLike, extra_metadata: Mapping[str, str] | None = None) -> None:
         """safetensors file with metadata: spec name, encoding, architecture and metrics (JSON)."""
-        from safetensors.torch import save_file
         meta = {"format": "ofa-accuracy-predictor", "version": "1", "spec": self.spec.name, "encoding": self.encoding,
                 "hidden": str(self.hidden), "n_layers": str(self.n_layers), "n_features": str(self.n_features),
                 "metrics": json.dumps(self.metrics, default=float)}
         meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
         sd = {k: v.detach().contiguous().clone() for k, v in self.model.state_dict().items()}
-        with replacing(path) as tmp:
-            save_file(sd, tmp, metadata=meta)
+        save_safetensors(sd, path, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, spec: SupernetSpec | str | None = None) -> "AccuracyPredictor":

@@ -18,7 +18,6 @@ import platform
 import time
 
 import torch
-from safetensors.torch import save_file
 
 from .data import holdout_split, load_dataset
 from .fileio import copy_replacing, replacing
@@ -26,6 +25,7 @@ from .profiler import host_environment
 from .predictor import (LABELS, build_predictor_dataset, dataset_from_rows, fill_mirrored_rows, read_predictor_dataset,
                         read_rows, train_predictor)
 from .spec import SubnetConfig, SupernetSpec, get_spec
+from .stfile import save_safetensors
 from .training import (TEACHER_PRECISIONS, ProgressiveShrinkingTrainer, TrainConfig, cifar_phases, evaluate_subnet,
                        evaluate_subnet_on, progressive_shrinking_phases)
 
@@ -53,8 +53,7 @@ def save_supernet(net: torch.nn.Module, spec: SupernetSpec, path: str, extra: di
     sd = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     meta = {"format": "ofa-supernet", "supernet": spec.name, "version": spec.version,
             **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in extra.items()}}
-    with replacing(path) as tmp:
-        save_file(sd, tmp, metadata=meta)
+    save_safetensors(sd, path, meta)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

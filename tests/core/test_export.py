@@ -148,3 +148,25 @@ def test_onnx_export_matches(name, r):
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert np.abs(ref).max() > 1e-3
     assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_save_safetensors_is_byte_stable_and_loads_with_safetensors(tmp_path):
+    """The files the recipe ships (supernet weights, predictor) come out byte for byte the same for the same
+    tensors and metadata, so their sha256 in the model card is reproducible; the safetensors package reads them."""
+    from safetensors import safe_open
+    from ofa_core.recipe import save_supernet
+    from ofa_core.stfile import save_safetensors
+    spec = get_spec("ofa_mbv3_cifar10")
+    net = supernet("ofa_mbv3_cifar10")
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    extra = {"test_acc": {"largest": 0.5, "smallest": 0.25}, "recipe": "progressive shrinking"}
+    save_supernet(net, spec, str(a), extra)
+    save_supernet(net, spec, str(b), dict(extra))
+    assert a.read_bytes() == b.read_bytes()
+    with safe_open(str(a), framework="pt") as f:
+        assert f.metadata()["supernet"] == spec.name and json.loads(f.metadata()["test_acc"])["largest"] == 0.5
+        for k, v in net.state_dict().items():
+            assert torch.equal(f.get_tensor(k), v)
+    save_safetensors({"x": torch.arange(3)}, a, {"k": "v"})          # replaced in one step
+    assert st_load(a.read_bytes())["x"].tolist() == [0, 1, 2]
+

@@ -43,6 +43,8 @@ def test_cifar_encoding_and_save_load(tmp_path):
     loaded = AccuracyPredictor.load(path)
     assert loaded.encoding == "onehot" and loaded.metrics["val_rmse_pp"] == pytest.approx(m["val_rmse_pp"])
     np.testing.assert_allclose(loaded.predict(enc), pred.predict(enc))
+    p2.save(tmp_path / "again.safetensors")          # the same predictor: the same bytes (a stable sha256)
+    assert (tmp_path / "again.safetensors").read_bytes() == path.read_bytes()
 
 
 def test_kendall_tau():
