@@ -213,7 +213,7 @@ def print_eval_cost(spec, train: ImageArray, hold: ImageArray, a) -> None:
                 with plain_kernels(), preserved_bn_stats(net):
                     net.set_active(cfg)
                     recalibrate_bn(net, bn_batches(train, cfg.r, a.bn_images))
-                    acc = evaluate(net, held, cfg.r)
+                    acc = evaluate(net, held, cfg.r, batch_size=500)   # today's batch
             else:                    # channels-last recalibration, then the frozen cut-out sub-network
                 net = net.to(memory_format=torch.channels_last)
                 acc = evaluate_subnet(net, cfg, train, held, a.bn_images)
