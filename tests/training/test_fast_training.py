@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ofa_core.extract import extract
+from ofa_core import mbv3
 from ofa_core.mbv3 import build_supernet, crop_depthwise_convs, depthwise, plain_kernels, pointwise
 from ofa_core.spec import SubnetConfig, get_spec
 from ofa_core.training import Phase, _param_groups, train_step
@@ -19,6 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from ofa_test_utils import randomize  # noqa: E402
 
 SPEC = get_spec("ofa_mbv3_cifar10")
+real_matmul_grad = mbv3.filter_grad_by_matmul
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
@@ -29,8 +31,10 @@ def _one_thread():
 
 @pytest.mark.parametrize("h,w,k,stride", [(2, 2, 7, 1), (2, 2, 5, 1), (1, 1, 7, 1), (1, 1, 3, 1), (3, 3, 7, 1),
                                           (4, 4, 7, 1), (2, 4, 7, 1), (4, 4, 7, 2), (2, 2, 7, 2), (3, 3, 5, 2),
-                                          (8, 8, 3, 1), (6, 6, 5, 2), (5, 7, 5, 1)])
-def test_depthwise_crop_is_the_conv(h, w, k, stride):
+                                          (8, 8, 3, 1), (6, 6, 5, 2), (5, 7, 5, 1), (8, 8, 5, 2)])
+def test_depthwise_crop_is_the_conv(h, w, k, stride, monkeypatch):
+    """Outputs and both gradients equal the plain conv's, on the matmul filter gradient where it pays (small maps,
+    5x5 / 7x7 kernels) and on oneDNN's elsewhere."""
     g = torch.Generator().manual_seed(h * 100 + w * 10 + k)
     x = torch.randn(3, 6, h, w, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
     f = torch.randn(6, 1, k, k, generator=g, requires_grad=True)
@@ -39,7 +43,11 @@ def test_depthwise_crop_is_the_conv(h, w, k, stride):
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     gw = torch.autograd.grad(want.square().sum(), (x, f))
+    used = []
+    monkeypatch.setattr(mbv3, "filter_grad_by_matmul", lambda *a: used.append(a[2:4]) or real_matmul_grad(*a))
     gg = torch.autograd.grad(got.square().sum(), (x, f))
+    reach = mbv3.reach(k, h, w)
+    assert bool(used) == mbv3.matmul_filter_grad_pays(h, w, *reach) and used in ([], [reach])
     for a, b in zip(gg, gw):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     reach_h, reach_w = min(k, 2 * h - 1), min(k, 2 * w - 1)     # taps outside the central window never see a pixel
