@@ -309,7 +309,8 @@ class ProgressiveShrinkingTrainer:
         if getattr(self, "_frozen_teacher", None) is None:
             if self.device == "cpu":
                 dtype = teacher_dtype(self.cfg.teacher_precision)
-                self._frozen_teacher = frozen_subnet(self.teacher, self.spec.max_config(), dtype)
+                # traced at the largest resolution trained on: the cropped kernels are exact up to it
+                self._frozen_teacher = frozen_subnet(self.teacher, self.spec.max_config(max(self.resolutions)), dtype)
             else:
                 dtype, self._frozen_teacher = torch.float32, self.teacher
             self.log({"event": "teacher", "phase": self.cfg.phases[self.state["phase"]].name,

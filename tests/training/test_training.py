@@ -156,6 +156,24 @@ def test_bf16_frozen_teacher_is_float32_outside_and_close():
     assert (p32 - p16).abs().max() < 0.05
 
 
+def test_frozen_teacher_is_traced_at_the_largest_training_resolution(tmp_path, monkeypatch):
+    """The frozen teacher's depthwise kernels are cropped for the maps of the resolution it is traced at, exact
+    only up to it (test_fast_training checks that): it is traced at the largest resolution the run trains on,
+    32 here, above the tiny supernet's own largest (16)."""
+    import copy
+    splits = load_dataset(make_images(str(tmp_path / "ds")), progress=False)
+    train, hold = holdout_split(splits["train"], 6, seed=0)
+    cfg = TrainConfig(phases=progressive_shrinking_phases(TINY, 0.2, 0.05), batch_size=6, resolutions=(24, 32),
+                      threads=1)
+    tr = ProgressiveShrinkingTrainer(TINY, cfg, train, hold, str(tmp_path / "out"), progress=False)
+    tr.teacher = copy.deepcopy(tr.net).eval()
+    traced = []
+    real = training.frozen_subnet
+    monkeypatch.setattr(training, "frozen_subnet", lambda net, c, dtype: traced.append(c.r) or real(net, c, dtype))
+    tr._teacher_fn()
+    assert traced == [32]
+
+
 def test_teacher_precision_choice(monkeypatch):
     with pytest.raises(ValueError, match="teacher_precision 'half'"):
         TrainConfig(phases=[], teacher_precision="half")
