@@ -29,8 +29,9 @@ def sub_filter_start_end(kernel_size: int, sub_kernel_size: int) -> tuple[int, i
     return center - dev, center + dev + 1
 
 
-# Training-speed kernels for the supernet's own forward (the extracted sub-networks keep plain convs).
-# Both give the conv's result (the crop exactly, the GEMM up to float rounding); the state dict is unchanged.
+# Training-speed kernels for the supernet's own forward and backward (the extracted sub-networks keep plain convs;
+# `crop_depthwise_convs` gives the frozen inference cut-outs the crop). Each gives the conv's result (the crop
+# exactly, the GEMMs up to float rounding); the state dict is unchanged.
 _FAST = {"on": True}
 
 
